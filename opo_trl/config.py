@@ -1,0 +1,166 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .core import LOG_RATIO_AGGREGATIONS, RATIO_FORMS
+
+
+# GRPOConfig options that shape GRPO's clipped token loss and that OPO's objective has no use for. A GRPO, DAPO or
+# GSPO recipe sets them, so they must parse; when set away from their default they are reported once, not applied.
+IGNORED_GRPO_FIELDS = (
+    "loss_type",
+    "epsilon",
+    "epsilon_high",
+    "delta",
+    "importance_sampling_level",
+    "sapo_temperature_neg",
+    "sapo_temperature_pos",
+    "vespo_k_pos",
+    "vespo_lambda_pos",
+    "vespo_k_neg",
+    "vespo_lambda_neg",
+)
+
+# GRPOConfig options that change the objective in a way OPO does not define. Silently dropping them would train
+# something other than what the user asked for, so a non-default value is an error. Each entry: (name, why).
+REJECTED_GRPO_FIELDS = (
+    ("top_entropy_quantile", "OPO weights whole sequences; a token entropy mask would change Delta."),
+    ("off_policy_mask_threshold", "OPO's quadratic term already restrains off-policy sequences."),
+    ("entropy_coef", "OPO has no entropy bonus."),
+    ("use_adaptive_entropy", "OPO has no entropy bonus."),
+)
+
+
+@dataclass
+class OPOConfig(GRPOConfig):
+    r"""
+    Configuration class for the [`OPOTrainer`].
+
+    Orthogonalized Policy Optimization (OPO, [Wang, 2026](https://huggingface.co/papers/2601.12415)) replaces GRPO's
+    advantages with the alpha-escort drive and GRPO's clipped token loss with a quadratic (chi-square) ratio loss.
+    Every [`GRPOConfig`] argument is accepted, so GRPO, DAPO and GSPO recipes parse unchanged; the options that only
+    shape GRPO's clipped loss (`loss_type`, `epsilon`, `epsilon_high`, `delta`, `importance_sampling_level`, ...) are
+    reported once and not used. Not to be confused with verl's `adv_estimator: opo` (an optimal-baseline estimator).
+
+    Parameters:
+        alpha (`float`, *optional*, defaults to `0.4`):
+            Escort exponent in [0, 1): sample weights are `exp((1 - alpha) * A)`. Lower is more aggressive towards
+            high-advantage completions; alpha -> 1 gives no update.
+        mu (`float`, *optional*, defaults to `1.0`):
+            Stiffness of the chi-square trust region (> 0). The optimum of one step is `Delta = g / mu`. It only acts
+            when a rollout is reused for more than one optimizer step (`num_iterations > 1` or
+            `steps_per_generation > gradient_accumulation_steps`). Not to be confused with `num_iterations`, which
+            TRL's help calls μ.
+        log_ratio_aggregation (`str`, *optional*, defaults to `"mean"`):
+            How token log-ratios make the sequence log-ratio Delta: `"mean"` (per-token mean, as in the authors'
+            released code) or `"sum"` (the paper's formula).
+        ratio_form (`str`, *optional*, defaults to `"log"`):
+            `"log"`: the quadratic acts on Delta (the paper's surrogate, always a valid density). `"exact"`: on
+            `exp(Delta) - 1`.
+        max_escort_exponent (`float`, *optional*, defaults to `20.0`):
+            Cap on the escort exponent `(1 - alpha) * A`, so that no reward scale overflows the weights.
+
+    > Parameters whose defaults differ from [`GRPOConfig`]
+
+        scale_rewards (`str`, *optional*, defaults to `"none"`):
+            OPO centres rewards per group only (the mean subtraction is the conservation-law projection). `"group"`
+            and `"batch"` also divide by a std, as in GRPO.
+    """
+
+    alpha: float = field(
+        default=0.4,
+        metadata={
+            "help": "Escort exponent in [0, 1): sample weights are exp((1 - alpha) * A). Lower is more aggressive "
+            "towards high-advantage completions; alpha -> 1 gives no update."
+        },
+    )
+    mu: float = field(
+        default=1.0,
+        metadata={
+            "help": "Stiffness of OPO's chi-square trust region (> 0); one step's optimum is Delta = g / mu. Acts only "
+            "when a rollout is reused for several optimizer steps (num_iterations > 1 or steps_per_generation > "
+            "gradient_accumulation_steps). Not the same as num_iterations."
+        },
+    )
+    log_ratio_aggregation: str = field(
+        default="mean",
+        metadata={
+            "help": "How token log-ratios make the sequence log-ratio Delta: 'mean' (per-token mean, the authors' "
+            "code) or 'sum' (the paper's formula).",
+            "choices": list(LOG_RATIO_AGGREGATIONS),
+        },
+    )
+    ratio_form: str = field(
+        default="log",
+        metadata={
+            "help": "'log': the quadratic acts on Delta (the paper's surrogate). 'exact': on exp(Delta) - 1.",
+            "choices": list(RATIO_FORMS),
+        },
+    )
+    max_escort_exponent: float = field(
+        default=20.0,
+        metadata={"help": "Cap on the escort exponent (1 - alpha) * A, so that no reward scale overflows the weights."},
+    )
+    scale_rewards: str = field(
+        default="none",
+        metadata={
+            "help": "Reward scaling after group centring: 'none' (OPO's default: centre only), 'group' (divide by the "
+            "group std) or 'batch' (divide by the batch std)."
+        },
+    )
+
+    def __post_init__(self):
+        _check_opo_fields(self)
+        super().__post_init__()
+        self.ignored_grpo_options = _report_ignored_grpo_fields(self)
+
+
+def _check_opo_fields(args: "OPOConfig") -> None:
+    def fail(name, allowed):
+        raise ValueError(f"OPOConfig: {name}={getattr(args, name)!r} is invalid; {name} must be {allowed}.")
+
+    if not (isinstance(args.alpha, (int, float)) and 0.0 <= args.alpha < 1.0):
+        fail("alpha", "a float in [0, 1)")
+    if not (isinstance(args.mu, (int, float)) and math.isfinite(args.mu) and args.mu > 0):
+        fail("mu", "a finite float > 0")
+    if args.log_ratio_aggregation not in LOG_RATIO_AGGREGATIONS:
+        fail("log_ratio_aggregation", f"one of {list(LOG_RATIO_AGGREGATIONS)}")
+    if args.ratio_form not in RATIO_FORMS:
+        fail("ratio_form", f"one of {list(RATIO_FORMS)}")
+    if not (isinstance(args.max_escort_exponent, (int, float)) and 0 < args.max_escort_exponent <= 80):
+        fail("max_escort_exponent", "a float in (0, 80]")
+    scale = {True: "group", False: "none"}.get(args.scale_rewards, args.scale_rewards)
+    if scale not in ("none", "group", "batch"):
+        fail("scale_rewards", "one of ['none', 'group', 'batch']")
+    if args.num_generations is not None and args.num_generations < 2:
+        fail("num_generations", "an int >= 2 (the escort drive is centred within each group of completions)")
+    defaults = _grpo_defaults()
+    for name, why in REJECTED_GRPO_FIELDS:
+        if getattr(args, name) != defaults[name]:
+            raise ValueError(
+                f"OPOConfig: {name}={getattr(args, name)!r} is not supported by OPO ({why}) Remove it or set it to "
+                f"its default {defaults[name]!r}."
+            )
+
+
+def _report_ignored_grpo_fields(args: "OPOConfig") -> dict:
+    defaults = _grpo_defaults()
+    ignored = {name: getattr(args, name) for name in IGNORED_GRPO_FIELDS if getattr(args, name) != defaults[name]}
+    if ignored:
+        listed = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+        warnings.warn(
+            f"OPOConfig ignores these GRPO options: {listed}. OPO has no ratio clipping and no token-level loss: its "
+            f"quadratic term (mu={args.mu}) is the trust region, and Delta is aggregated per sequence "
+            f"(log_ratio_aggregation={args.log_ratio_aggregation!r}).",
+            UserWarning,
+            stacklevel=3,
+        )
+    return ignored
+
+
+def _grpo_defaults() -> dict:
+    return {f.name: f.default for f in dataclasses.fields(GRPOConfig) if f.default is not dataclasses.MISSING}

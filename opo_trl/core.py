@@ -1,0 +1,198 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+"""
+The OPO objective as small pure functions over tensors.
+
+Nothing in this module knows about TRL: it is the algorithm of Orthogonalized Policy Optimization (Wang, 2026,
+arXiv:2601.12415), readable top to bottom and testable alone. The trainer (`opo_trl.trainer`) only wires these
+functions into `GRPOTrainer`.
+
+For one prompt with completions y_1..y_G sampled from the rollout policy pi_k and rewards R_i:
+
+    A_i     = R_i - mean_j R_j                          centred advantage (optionally divided by a std)
+    w_i     = exp((1 - alpha) * A_i)                    alpha-escort weight (the sampling geometry)
+    g_i     = w_i - mean_j w_j                          escort drive: projection onto E_{pi_k}[v] = 0
+    Delta_i = sum_t log pi_theta(y_it) - log pi_k(y_it) sequence log-ratio (or its per-token mean)
+    l_i     = -g_i * v_i + (mu / 2) * v_i^2             v_i = Delta_i (log-ratio surrogate) or exp(Delta_i) - 1
+
+The quadratic term (Pearson chi-square, stiffness mu) is the trust region: there is no clipping, the Hessian in v is
+the constant mu, and the minimiser is v_i* = g_i / mu, which sums to zero over each group.
+"""
+
+from collections.abc import Callable
+
+import torch
+
+
+LOG_RATIO_AGGREGATIONS = ("mean", "sum")
+SCALE_REWARDS = ("none", "group", "batch")
+
+# Largest log-ratio fed to exp() in the exact-ratio form; exp(20) ~ 4.9e8 keeps v and v**2 finite in float32/bf16.
+MAX_EXACT_LOG_RATIO = 20.0
+
+
+def group_advantages(
+    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "none", eps: float = 1e-4
+) -> torch.Tensor:
+    """
+    Centre rewards within each prompt group, NaN-aware, as `GRPOTrainer` does with `sum_then_normalize`.
+
+    Args:
+        rewards (`torch.Tensor`):
+            Flat tensor of shape `(num_groups * num_generations,)`; the completions of one prompt are consecutive.
+            `NaN` marks a completion no reward function could score: it is left out of the group statistics and its
+            advantage is `NaN`.
+        num_generations (`int`):
+            Completions per prompt (G).
+        scale_rewards (`str`, *optional*, defaults to `"none"`):
+            `"none"` only centres (the OPO paper); `"group"` divides by the group std, `"batch"` by the batch std.
+        eps (`float`, *optional*, defaults to `1e-4`):
+            Added to the std before dividing, as in TRL.
+
+    Returns:
+        `torch.Tensor`: Advantages, same shape as `rewards`.
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}.")
+    grouped = rewards.view(-1, num_generations)
+    advantages = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
+    if scale_rewards == "group":
+        advantages = advantages / (_nanstd(grouped, dim=1, keepdim=True) + eps)
+    elif scale_rewards == "batch":
+        advantages = advantages / (_nanstd(rewards.view(-1), dim=0, keepdim=True) + eps)
+    return advantages.reshape(rewards.shape)
+
+
+def escort_drive(
+    advantages: torch.Tensor,
+    num_generations: int,
+    alpha: float,
+    valid: torch.Tensor | None = None,
+    max_exponent: float = 20.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The alpha-escort drive g_i = w_i - mean_j w_j with w_i = exp((1 - alpha) * A_i), per prompt group.
+
+    Subtracting the group mean of w is the orthogonal projection onto probability conservation, so g sums to zero over
+    the valid completions of every group. Invalid completions (`valid` false, or a `NaN` advantage) get g = 0 and are
+    left out of the group mean; a group with no valid completion contributes nothing.
+
+    Args:
+        advantages (`torch.Tensor`):
+            Flat tensor of shape `(num_groups * num_generations,)` of centred advantages.
+        num_generations (`int`):
+            Completions per prompt (G).
+        alpha (`float`):
+            Escort exponent in [0, 1). alpha -> 1 flattens the weights (no update); alpha = 0 is the most aggressive.
+        valid (`torch.Tensor` or `None`, *optional*):
+            Boolean mask of completions that carry a reward.
+        max_exponent (`float`, *optional*, defaults to `20.0`):
+            Upper bound on the exponent (1 - alpha) * A_i, so that w never overflows to inf whatever the reward
+            scale. It only binds for advantages above max_exponent / (1 - alpha).
+
+    Returns:
+        `tuple[torch.Tensor, torch.Tensor]`: The drive g and the escort weights w (0 where invalid), flat, detached.
+    """
+    advantages = advantages.detach()
+    ok = ~torch.isnan(advantages)
+    if valid is not None:
+        ok = ok & valid.to(torch.bool)
+    exponent = torch.where(ok, (1.0 - alpha) * advantages, torch.zeros_like(advantages)).clamp(max=max_exponent)
+    weights = torch.exp(exponent) * ok
+    grouped_w, grouped_ok = weights.view(-1, num_generations), ok.view(-1, num_generations)
+    mean_w = grouped_w.sum(dim=1, keepdim=True) / grouped_ok.sum(dim=1, keepdim=True).clamp(min=1)
+    drive = (grouped_w - mean_w) * grouped_ok
+    return drive.reshape(advantages.shape), weights
+
+
+def sequence_log_ratio(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: str = "mean",
+) -> torch.Tensor:
+    """
+    Sequence log-ratio Delta_i = sum_t m_it (log pi_theta - log pi_k), or that sum divided by sum_t m_it.
+
+    Masked-out positions never reach the sum (not even as `0 * NaN`), and an all-zero mask gives Delta = 0.
+
+    Args:
+        per_token_logps (`torch.Tensor`): `(B, T)` log-probs of the sampled tokens under the current policy.
+        old_per_token_logps (`torch.Tensor`): `(B, T)` log-probs under the rollout policy pi_k.
+        mask (`torch.Tensor`): `(B, T)` completion mask (times the tool mask).
+        aggregation (`str`, *optional*, defaults to `"mean"`): `"sum"` (the paper) or `"mean"` (length-normalised).
+
+    Returns:
+        `torch.Tensor`: Delta, shape `(B,)`.
+    """
+    if aggregation not in LOG_RATIO_AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {LOG_RATIO_AGGREGATIONS}, got {aggregation!r}.")
+    token_log_ratio = torch.where(mask.bool(), per_token_logps - old_per_token_logps, 0.0)
+    delta = (token_log_ratio * mask).sum(dim=-1)
+    if aggregation == "mean":
+        delta = delta / mask.sum(dim=-1).clamp(min=1.0)
+    return delta
+
+
+def _log_ratio(delta: torch.Tensor) -> torch.Tensor:
+    return delta
+
+
+def _exact_ratio(delta: torch.Tensor) -> torch.Tensor:
+    return torch.expm1(delta.clamp(max=MAX_EXACT_LOG_RATIO))
+
+
+# v(Delta): the ratio field the quadratic acts on. "log" is the paper's surrogate v = Delta, "exact" is v = r - 1.
+RATIO_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"log": _log_ratio, "exact": _exact_ratio}
+
+
+def opo_loss(delta: torch.Tensor, drive: torch.Tensor, mu: float, ratio_form: str = "log") -> torch.Tensor:
+    """
+    Per-sequence OPO loss l_i = -g_i * v_i + (mu / 2) * v_i^2, "work minus dissipation" with the sign flipped.
+
+    Its gradient in v is mu * v - g (linear, never saturating) and its curvature is the constant mu.
+
+    Args:
+        delta (`torch.Tensor`): `(B,)` sequence log-ratios.
+        drive (`torch.Tensor`): `(B,)` escort drive g (treated as a constant).
+        mu (`float`): Stiffness of the chi-square trust region, > 0.
+        ratio_form (`str`, *optional*, defaults to `"log"`): `"log"` (v = Delta) or `"exact"` (v = exp(Delta) - 1).
+
+    Returns:
+        `torch.Tensor`: `(B,)` per-sequence losses.
+    """
+    if ratio_form not in RATIO_FORMS:
+        raise ValueError(f"ratio_form must be one of {tuple(RATIO_FORMS)}, got {ratio_form!r}.")
+    v = RATIO_FORMS[ratio_form](delta)
+    return -drive.detach() * v + 0.5 * mu * v.pow(2)
+
+
+def escort_statistics(
+    drive: torch.Tensor, weights: torch.Tensor, num_generations: int, mu: float, valid: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Diagnostics of one batch of escort drives (all processes): weight stats, |g|, ESS and positivity violations."""
+    ok = weights > 0 if valid is None else valid.to(torch.bool) & (weights > 0)
+    n_ok = ok.sum().clamp(min=1)
+    grouped_w = weights.view(-1, num_generations).double()
+    sum_w, sum_w2 = grouped_w.sum(dim=1), grouped_w.pow(2).sum(dim=1)
+    n_group = ok.view(-1, num_generations).sum(dim=1)
+    has_data = n_group > 0
+    # Effective sample size of the escort weights, as a fraction of the valid completions of each group.
+    ess = (sum_w.pow(2) / sum_w2.clamp(min=1e-300) / n_group.clamp(min=1))[has_data]
+    no_signal = (drive.view(-1, num_generations) == 0).all(dim=1)
+    return {
+        "escort_weight/mean": (weights.sum() / n_ok).item(),
+        "escort_weight/max": weights.max().item() if weights.numel() else 0.0,
+        "escort_weight/ess": ess.mean().item() if ess.numel() else 0.0,
+        "drive/abs_mean": (drive.abs().sum() / n_ok).item(),
+        # The exact update 1 + g/mu stays a probability ratio only when g >= -mu.
+        "positivity_violations": ((drive < -mu) & ok).float().sum().item() / n_ok.item(),
+        "groups_without_signal": no_signal.float().mean().item(),
+    }
+
+
+def _nanstd(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    # Bessel-corrected std over the non-NaN entries, like TRL's `nanstd`.
+    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
+    var = torch.nanmean((x - torch.nanmean(x, dim=dim, keepdim=True)) ** 2, dim=dim, keepdim=True)
+    std = torch.sqrt(var * count / (count - 1).clamp(min=1))
+    return std if keepdim else std.squeeze(dim)

@@ -1,0 +1,62 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+"""Tiny models and tokenizers built in code, for tests and smoke runs on machines without the model hub."""
+
+import string
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+
+
+SPECIAL_TOKENS = ["<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>", "<unk>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer over printable ASCII with a chat template; eos = `<|end|>`."""
+    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + chars)}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="<|end|>",
+        pad_token="<|pad|>",
+        unk_token="<unk>",
+        additional_special_tokens=SPECIAL_TOKENS[2:5],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def tiny_causal_lm(vocab_size: int, hidden_size: int = 32, num_layers: int = 2, seed: int = 0):
+    """A randomly initialised Qwen2 causal LM with a few thousand parameters."""
+    import torch
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    return AutoModelForCausalLM.from_config(config)
+
+
+def save_tiny_model(path: str | Path, hidden_size: int = 32, num_layers: int = 2, seed: int = 0) -> str:
+    """Write a tiny model and its tokenizer to `path`, loadable by name like any hub checkpoint."""
+    tokenizer = tiny_tokenizer()
+    model = tiny_causal_lm(len(tokenizer), hidden_size, num_layers, seed)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -1,0 +1,59 @@
+import os
+
+import pytest
+from datasets import Dataset
+
+from opo_trl.testing import save_tiny_model
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def prompt_dataset():
+    return Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(4) for b in range(4)]})
+
+
+@pytest.fixture
+def conversational_dataset():
+    return Dataset.from_dict(
+        {"prompt": [[{"role": "user", "content": f"{a}+{b}="}] for a in range(4) for b in range(4)]}
+    )
+
+
+def cpu_config_kwargs(tmp_path, **overrides):
+    """Settings that make a tiny model train in well under a second a step on a CPU."""
+    kwargs = dict(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def distinct_chars_reward(completions, **kwargs):
+    """A dense reward a random tiny model already varies on."""
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(len(set(t))) / 8 for t in texts]
+
+
+def digit_reward(completions, **kwargs):
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [float(sum(ch.isdigit() for ch in t)) for t in texts]

@@ -1,0 +1,105 @@
+import warnings
+
+import pytest
+from trl import GRPOConfig, TrlParser
+
+from opo_trl import OPOConfig
+
+
+def make(tmp_path, **kwargs):
+    return OPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **kwargs)
+
+
+def test_paper_defaults(tmp_path):
+    args = make(tmp_path)
+    assert isinstance(args, GRPOConfig)
+    assert (args.alpha, args.mu, args.scale_rewards) == (0.4, 1.0, "none")
+    assert (args.log_ratio_aggregation, args.ratio_form, args.beta) == ("mean", "log", 0.0)
+
+
+@pytest.mark.parametrize(
+    "field, value, allowed",
+    [
+        ("alpha", 1.0, r"\[0, 1\)"),
+        ("alpha", -0.1, r"\[0, 1\)"),
+        ("mu", 0.0, "> 0"),
+        ("mu", float("inf"), "finite"),
+        ("mu", float("nan"), "finite"),
+        ("log_ratio_aggregation", "max", "mean"),
+        ("ratio_form", "sqrt", "exact"),
+        ("max_escort_exponent", 0.0, r"\(0, 80\]"),
+        ("scale_rewards", "std", "group"),
+        ("num_generations", 1, ">= 2"),
+    ],
+)
+def test_invalid_values_name_field_value_and_range(tmp_path, field, value, allowed):
+    with pytest.raises(ValueError, match=rf"{field}={value!r}.*{allowed}" if isinstance(value, str) else field) as err:
+        make(tmp_path, **{field: value})
+    assert allowed.replace("\\", "") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("top_entropy_quantile", 0.2), ("off_policy_mask_threshold", 0.5), ("entropy_coef", 0.01), ("use_adaptive_entropy", True)],
+)
+def test_objective_changing_grpo_options_are_rejected(tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r} is not supported by OPO"):
+        make(tmp_path, **{field: value})
+
+
+def test_grpo_clipping_options_are_reported_once_not_applied(tmp_path):
+    with pytest.warns(UserWarning, match="ignores these GRPO options") as record:
+        args = make(tmp_path, loss_type="dapo", epsilon_high=0.28, importance_sampling_level="sequence")
+    messages = [str(w.message) for w in record if "ignores these GRPO options" in str(w.message)]
+    assert len(messages) == 1
+    assert "epsilon_high=0.28" in messages[0] and "importance_sampling_level='sequence'" in messages[0]
+    assert "loss_type" not in messages[0]  # 'dapo' is GRPOConfig's own default, so nothing was asked for
+    assert args.ignored_grpo_options == {"epsilon_high": 0.28, "importance_sampling_level": "sequence"}
+
+
+def test_default_config_warns_nothing(tmp_path):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*ignores these GRPO options.*")
+        make(tmp_path)
+
+
+GRPO_YAML = """
+output_dir: {out}
+use_cpu: true
+bf16: false
+report_to: none
+learning_rate: 1.0e-6
+loss_type: grpo
+scale_rewards: group
+epsilon: 0.2
+beta: 0.0
+num_generations: 4
+per_device_train_batch_size: 4
+max_completion_length: 64
+"""
+DAPO_YAML = GRPO_YAML.replace("loss_type: grpo", "loss_type: dapo").replace("scale_rewards: group", "scale_rewards: none") + (
+    "epsilon_high: 0.28\nmask_truncated_completions: true\n"
+)
+GSPO_YAML = GRPO_YAML.replace("epsilon: 0.2", "epsilon: 3.0e-4\nepsilon_high: 4.0e-4") + "importance_sampling_level: sequence\n"
+
+
+@pytest.mark.parametrize("recipe", [GRPO_YAML, DAPO_YAML, GSPO_YAML], ids=["grpo", "dapo", "gspo"])
+def test_grpo_dapo_gspo_yaml_parse_into_opoconfig_unchanged(tmp_path, recipe):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe.format(out=tmp_path / "out"))
+    (grpo_args,) = TrlParser((GRPOConfig,)).parse_args_and_config(["--config", str(path)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (opo_args,) = TrlParser((OPOConfig,)).parse_args_and_config(["--config", str(path)])
+    assert isinstance(opo_args, OPOConfig)
+    for key in ("learning_rate", "epsilon", "epsilon_high", "num_generations", "mask_truncated_completions", "scale_rewards"):
+        assert getattr(opo_args, key) == getattr(grpo_args, key), key
+
+
+def test_cli_overrides_opo_fields(tmp_path):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(GRPO_YAML.format(out=tmp_path / "out") + "alpha: 0.2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        (args,) = TrlParser((OPOConfig,)).parse_args_and_config(["--config", str(path), "--mu", "4"])
+    assert (args.alpha, args.mu) == (0.2, 4.0)
