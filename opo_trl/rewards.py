@@ -246,6 +246,17 @@ def format_reward(completions: list, **kwargs) -> list[float]:
 
 REWARD_FUNCTIONS: dict[str, Callable] = {"accuracy": accuracy_reward, "format": format_reward}
 
+# The names `trl grpo` recipes use resolve to TRL's own functions, so those recipes run unchanged.
+TRL_REWARD_NAMES = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward", "get_soft_overlong_punishment")
+
+
+def _trl_reward(name: str) -> Callable:
+    import trl.rewards
+
+    if name == "get_soft_overlong_punishment":  # a factory; `trl grpo` uses these values
+        return trl.rewards.get_soft_overlong_punishment(max_completion_len=1280, soft_punish_cache=256)
+    return getattr(trl.rewards, name)
+
 
 def get_reward_function(name: str) -> Callable:
     """
@@ -253,7 +264,8 @@ def get_reward_function(name: str) -> Callable:
 
     Args:
         name (`str`):
-            A key of `REWARD_FUNCTIONS` (`"accuracy"`, `"format"`), or the path of any importable callable, written
+            A key of `REWARD_FUNCTIONS` (`"accuracy"`, `"format"`), a name of TRL's reward functions as `trl grpo`
+            knows them (`TRL_REWARD_NAMES`), or the path of any importable callable, written
             `package.module.function` or `package.module:function` (the colon form allows nested attributes, e.g.
             `package.module:Class.method`).
 
@@ -266,13 +278,16 @@ def get_reward_function(name: str) -> Callable:
     """
     if name in REWARD_FUNCTIONS:
         return REWARD_FUNCTIONS[name]
+    if name in TRL_REWARD_NAMES:
+        return _trl_reward(name)
     if ":" in name:
         module_name, attr_path = name.split(":", 1)
     elif "." in name:
         module_name, attr_path = name.rsplit(".", 1)
     else:
-        message = f"Unknown reward function {name!r}. Registered reward functions: {sorted(REWARD_FUNCTIONS)}."
-        close = difflib.get_close_matches(name, REWARD_FUNCTIONS, n=1)
+        known = sorted(REWARD_FUNCTIONS) + list(TRL_REWARD_NAMES)
+        message = f"Unknown reward function {name!r}. Registered reward functions: {known}."
+        close = difflib.get_close_matches(name, known, n=1)
         if close:
             message += f" Did you mean {close[0]!r}?"
         raise ValueError(message + " Pass 'package.module.function' to use any other callable.")

@@ -202,3 +202,11 @@ def test_bad_dotted_paths(name, message):
 def test_non_callable_path():
     with pytest.raises(TypeError, match="'os.sep' resolves to a str, which is not callable"):
         get_reward_function("os.sep")
+
+
+def test_trl_grpo_reward_names_resolve_to_trl_functions():
+    import trl.rewards
+
+    assert get_reward_function("accuracy_reward") is trl.rewards.accuracy_reward
+    assert get_reward_function("think_format_reward") is trl.rewards.think_format_reward
+    assert callable(get_reward_function("get_soft_overlong_punishment"))
