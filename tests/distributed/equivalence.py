@@ -1,0 +1,73 @@
+"""
+One OPO step on fixed completions, run by 1 or 2 processes (gloo), for the multi-process equivalence test.
+
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 tests/distributed/equivalence.py OUT_DIR MODEL_DIR
+
+Completions come from a `rollout_func` that derives them from the prompt and the global row index, so a 1-process
+and a 2-process run see the very same completions and rewards. With 12 rows per step and G = 4, the second prompt's
+group straddles the two processes.
+"""
+
+import json
+import sys
+
+import torch
+from datasets import Dataset
+
+from opo_trl import OPOConfig, OPOTrainer
+
+
+ROWS_PER_STEP, G = 12, 4
+
+
+def rollout_func(prompts, trainer):
+    tokenizer = trainer.processing_class
+    rank, n = trainer.accelerator.process_index, len(prompts)
+    prompt_ids, completion_ids = [], []
+    for i, prompt in enumerate(prompts):
+        index = rank * n + i
+        prompt_ids.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        text = (prompt[-3:] + "0123456789"[: 1 + (index * 7) % 9])[: 4 + index % 5]
+        completion_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+
+def reward(completions, **kwargs):
+    return [float(sum(ch.isdigit() for ch in c)) - 0.1 * len(c) for c in completions]
+
+
+def main(out_dir, model_dir):
+    dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(6) for b in range(6)]})
+    args = OPOConfig(
+        output_dir=out_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+        gradient_checkpointing=False, seed=0, learning_rate=1e-2, max_steps=1, logging_steps=1,
+        num_generations=G, max_completion_length=16, alpha=0.3,
+        per_device_train_batch_size=ROWS_PER_STEP // int(__import__("os").environ.get("WORLD_SIZE", "1")),
+    )
+    trainer = OPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, rollout_func=rollout_func)
+
+    seen = {}
+    generate = trainer._generate_and_score_completions
+
+    def record(inputs):
+        output = generate(inputs)
+        seen["prompts"] = trainer.accelerator.gather_for_metrics([x["prompt"] for x in inputs])
+        seen["drive"] = trainer.accelerator.gather(output["advantages"]).tolist()
+        seen["local_drive"] = output["advantages"].tolist()
+        seen["rewards"] = trainer._opo_rewards_per_func[:, 0].tolist()
+        return output
+
+    trainer._generate_and_score_completions = record
+    trainer.train()
+    if trainer.accelerator.is_main_process:
+        params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+        step = next(e for e in trainer.state.log_history if "grad_norm" in e)
+        json.dump(
+            {**seen, "params": params.tolist(), "grad_norm": step["grad_norm"], "loss": step["loss"],
+             "world_size": trainer.accelerator.num_processes},
+            open(f"{out_dir}/result.json", "w"),
+        )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
