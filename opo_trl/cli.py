@@ -5,21 +5,23 @@ The `opo-trl` command.
     opo-trl train --config recipes/<name>.yaml [--key value ...]    # any OPOConfig/GRPOConfig/ModelConfig key
     opo-trl train --config recipes/<name>.yaml --algorithm grpo     # the same recipe with a baseline
     opo-trl quickstart [--seed 1]                                   # recipes/quickstart.yaml, offline, on a CPU
+    opo-trl compare --config recipes/compare_cpu.yaml --seeds 0 1 2 # OPO vs GRPO, DAPO, GSPO (opo_trl.compare)
 
 Command-line values override the YAML, as in `trl grpo`. Works under `accelerate launch -m opo_trl.cli train ...`.
 """
 
 import dataclasses
 import difflib
-import inspect
 import json
 import os
+import resource
 import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from transformers import TrainerCallback
 
 
 ALGORITHMS = ("opo", "grpo", "dapo", "gspo")
@@ -88,6 +90,13 @@ class OPOScriptArguments:
         metadata={"help": "Measure sampled accuracy on the test split before and after training, and print both."},
     )
     heldout_max_samples: int | None = field(default=None, metadata={"help": "Cap on held-out prompts (all if unset)."})
+    heldout_eval_steps: int | None = field(
+        default=None, metadata={"help": "Also measure held-out accuracy every this many optimizer steps."}
+    )
+    heldout_accuracy_before: float | None = field(
+        default=None,
+        metadata={"help": "Known held-out accuracy of the initial model (same model, data and seed): skips measuring it."},
+    )
 
 
 def make_parser(config_cls):
@@ -210,40 +219,20 @@ def load_train_and_test(script_args, seed: int):
     return dataset[script_args.dataset_train_split], test
 
 
-def check_dataset(dataset, reward_funcs, split_name: str) -> None:
-    """Fail before training when the data cannot feed the trainer or the reward functions."""
-    if dataset is None:
-        return
-    if len(dataset) == 0:
-        raise ValueError(f"The {split_name} dataset is empty.")
-    columns = set(dataset.column_names)
-    if "prompt" not in columns:
-        raise ValueError(f"The {split_name} dataset has no 'prompt' column (columns: {sorted(columns)}).")
-    provided = columns | {"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
-                          "environments"}
-    for func in reward_funcs:
-        if not callable(func):
-            continue
-        for name, param in inspect.signature(func).parameters.items():
-            required = param.default is inspect.Parameter.empty and param.kind in (
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                inspect.Parameter.KEYWORD_ONLY,
-            )
-            if required and name not in provided:
-                raise ValueError(
-                    f"Reward function '{getattr(func, '__name__', func)}' needs a '{name}' column, which the "
-                    f"{split_name} dataset lacks (columns: {sorted(columns)})."
-                )
-
-
 def train(script_args, training_args, model_args, dataset_args) -> dict:
     """Run one training job; returns a summary (held-out accuracy before/after, final metrics, output paths)."""
     from trl import GRPOTrainer, get_peft_config
 
+    from .checkpoints import resolve_resume_from_checkpoint
+    from .data import validate_dataset
     from .models import resolve_model
     from .rewards import get_reward_function
     from .trainer import OPOTrainer
 
+    # Resolved first: a resume that cannot happen should fail before any data or model loads.
+    training_args.resume_from_checkpoint = resolve_resume_from_checkpoint(
+        training_args.resume_from_checkpoint, training_args.output_dir
+    )
     reward_funcs = []
     if script_args.reward_model_name_or_path:
         reward_funcs.append(script_args.reward_model_name_or_path)
@@ -252,8 +241,8 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         raise ValueError("No reward function: set `reward_funcs` (e.g. ['accuracy']).")
 
     train_dataset, test_dataset = load_train_and_test(script_args, seed=training_args.seed)
-    check_dataset(train_dataset, reward_funcs, "train")
-    check_dataset(test_dataset, reward_funcs, "test")
+    validate_dataset(train_dataset, reward_funcs, "train")
+    validate_dataset(test_dataset, reward_funcs, "test")
 
     model_id = resolve_model(model_args.model_name_or_path or "HuggingFaceTB/SmolLM2-135M-Instruct")
     model_init_kwargs = dict(
@@ -281,18 +270,30 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         heldout = test_dataset
         if script_args.heldout_max_samples is not None:
             heldout = heldout.select(range(min(script_args.heldout_max_samples, len(heldout))))
-        summary["heldout_accuracy_before"] = _heldout(trainer, heldout, script_args, "held-out eval (before)")
-        trainer.accelerator.print(f"[opo-trl] held-out accuracy before training: {summary['heldout_accuracy_before']:.3f}")
+        before = script_args.heldout_accuracy_before
+        if before is None:
+            before = _heldout(trainer, heldout, script_args, "held-out eval (before)")
+        summary["heldout_accuracy_before"] = before
+        trainer.accelerator.print(f"[opo-trl] held-out accuracy before training: {before:.3f}")
+        if script_args.heldout_eval_steps:
+            trainer.add_callback(_HeldoutCallback(trainer, heldout, script_args))
 
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     if heldout is not None:
         summary["heldout_accuracy_after"] = _heldout(trainer, heldout, script_args, "held-out eval (after)")
+        trainer.state.log_history.insert(0, {"step": 0, "heldout/accuracy": summary["heldout_accuracy_before"]})
+        trainer.state.log_history.append(
+            {"step": trainer.state.global_step, "heldout/accuracy": summary["heldout_accuracy_after"]}
+        )
         trainer.accelerator.print(
             f"[opo-trl] held-out accuracy: before {summary['heldout_accuracy_before']:.3f} -> after "
             f"{summary['heldout_accuracy_after']:.3f} ({len(heldout)} prompts, one sample each, "
             f"temperature {training_args.temperature})"
         )
+    step_times = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
+    summary["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
+    summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         summary.update(write_run_files(trainer.state.log_history, summary, training_args.output_dir))
@@ -316,6 +317,20 @@ def _heldout(trainer, dataset, script_args, desc):
         desc=desc,
         disable_progress=not trainer.accelerator.is_main_process,
     )
+
+
+class _HeldoutCallback(TrainerCallback):
+    """Held-out accuracy every `heldout_eval_steps` optimizer steps, recorded in the log history."""
+
+    def __init__(self, trainer, dataset, script_args):
+        self.trainer, self.dataset, self.script_args = trainer, dataset, script_args
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.script_args.heldout_eval_steps
+        if state.global_step % every == 0 and state.global_step < state.max_steps:
+            accuracy = _heldout(self.trainer, self.dataset, self.script_args, f"held-out eval (step {state.global_step})")
+            state.log_history.append({"step": state.global_step, "heldout/accuracy": accuracy})
+        return control
 
 
 def write_run_files(log_history: list[dict], summary: dict, output_dir: str) -> dict:
@@ -351,11 +366,15 @@ def write_run_files(log_history: list[dict], summary: dict, output_dir: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    usage = "usage: opo-trl {train,quickstart} [--config recipe.yaml] [--key value ...]"
+    usage = "usage: opo-trl {train,quickstart,compare} [--config recipe.yaml] [--key value ...]"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage + "\n\n" + __doc__)
         return 0
     command, rest = argv[0], argv[1:]
+    if command == "compare":
+        from .compare import main as compare_main
+
+        return compare_main(rest)
     if command == "quickstart":
         recipe = RECIPES_DIR / "quickstart.yaml"
         if not recipe.is_file():
