@@ -4,12 +4,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from datasets import Dataset
 from trl import GRPOConfig
 
 from opo_trl import OPOConfig
-from opo_trl.cli import BASELINES, RECIPES_DIR, check_dataset, main, parse_train_args
+from opo_trl.cli import BASELINES, RECIPES_DIR, main, parse_train_args
+from opo_trl.data import validate_dataset
 from opo_trl.rewards import accuracy_reward
 
 
@@ -50,7 +52,9 @@ def tiny_recipe(tmp_path, model_path, **overrides):
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_parses(recipe):
     assert RECIPES, "no recipes found"
-    script_args, training_args, model_args, _ = parse_train_args(["--config", str(recipe)])
+    # GPU recipes ask for bf16, which TrainingArguments only accepts on a CPU-only machine with use_cpu.
+    cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    script_args, training_args, model_args, _ = parse_train_args(["--config", str(recipe), *cpu])
     expected = OPOConfig if script_args.algorithm == "opo" else GRPOConfig
     assert type(training_args) is expected
     assert model_args.model_name_or_path
@@ -113,11 +117,11 @@ def test_invalid_algorithm_and_missing_recipe(tmp_path):
 def test_dataset_checks_name_the_missing_column():
     no_answer = Dataset.from_dict({"prompt": ["1+1="], "solution": ["2"]})
     with pytest.raises(ValueError, match="'accuracy_reward' needs a 'answer' column"):
-        check_dataset(no_answer, [accuracy_reward], "train")
+        validate_dataset(no_answer, [accuracy_reward], "train")
     with pytest.raises(ValueError, match="no 'prompt' column"):
-        check_dataset(Dataset.from_dict({"question": ["1+1="]}), [accuracy_reward], "train")
+        validate_dataset(Dataset.from_dict({"question": ["1+1="]}), [accuracy_reward], "train")
     with pytest.raises(ValueError, match="empty"):
-        check_dataset(Dataset.from_dict({"prompt": []}), [accuracy_reward], "train")
+        validate_dataset(Dataset.from_dict({"prompt": []}), [accuracy_reward], "train")
 
 
 def test_unknown_reward_name_fails_before_the_model_loads(tmp_path):
@@ -149,3 +153,11 @@ def test_baseline_runs_through_the_same_command(tmp_path, tiny_model_path):
     assert summary["algorithm"] == "dapo"
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert any("clip_ratio/region_mean" in m for m in metrics) and not any("opo/chi2" in m for m in metrics)
+
+
+def test_baseline_recipes_differ_from_opo_only_in_the_algorithm():
+    opo = yaml.safe_load((RECIPES_DIR / "math_l3_qwen3-1.7b_opo.yaml").read_text())
+    for algorithm in ("grpo", "dapo", "gspo"):
+        baseline = yaml.safe_load((RECIPES_DIR / f"math_l3_qwen3-1.7b_{algorithm}.yaml").read_text())
+        assert {k: v for k, v in baseline.items() if k != "algorithm"} == {k: v for k, v in opo.items() if k != "algorithm"}
+        assert baseline["algorithm"] == algorithm
