@@ -5,6 +5,7 @@ from trl.trainer.utils import get_config_model_id
 
 from .config import OPOConfig
 from .core import escort_drive, escort_statistics, opo_loss, sequence_log_ratio
+from .data import validate_dataset
 
 
 class OPOTrainer(GRPOTrainer):
@@ -19,7 +20,8 @@ class OPOTrainer(GRPOTrainer):
     - the clipped token loss becomes the per-sequence quadratic ratio loss `-g * Delta + (mu / 2) * Delta**2`
       (`_compute_loss`).
 
-    The math lives in `opo_trl.core`; this class only wires it into TRL.
+    The math lives in `opo_trl.core`; this class only wires it into TRL. `train_dataset` and `eval_dataset` are
+    checked with [`~data.validate_dataset`] before the model loads.
 
     Example:
 
@@ -50,6 +52,10 @@ class OPOTrainer(GRPOTrainer):
                 f"OPOTrainer needs an OPOConfig, got {type(args).__name__}. OPOConfig accepts every GRPOConfig "
                 "argument: replace `GRPOConfig(...)` with `OPOConfig(...)`."
             )
+        # Bad data otherwise shows up as a KeyError in the first generation step, after the model has loaded.
+        require_prompt = kwargs.get("environment_factory") is None
+        validate_dataset(kwargs.get("train_dataset"), reward_funcs, "train", require_prompt=require_prompt)
+        validate_dataset(kwargs.get("eval_dataset"), reward_funcs, "eval", require_prompt=require_prompt)
         super().__init__(model, reward_funcs, args=args, **kwargs)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):

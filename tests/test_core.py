@@ -191,3 +191,37 @@ def test_property_loss_finite_for_finite_inputs(delta, g, mu, form):
     loss = opo_loss(delta, torch.tensor(g), mu, ratio_form=form).sum()
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(delta.grad).all()
+
+
+rewards_with_missing = st.lists(
+    st.one_of(st.floats(min_value=-1e3, max_value=1e3, allow_nan=False), st.just(float("nan"))),
+    min_size=12,
+    max_size=12,
+)
+
+
+def drive64(rewards, alpha):
+    # float64 end to end, so that the tolerances below measure the algorithm, not float32 rounding.
+    return escort_drive(group_advantages(rewards, 4, "none"), 4, alpha)[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rewards=rewards_with_missing, alpha=st.floats(0.0, 0.99))
+def test_property_drive_with_missing_rewards_is_zero_sum_and_zero_where_missing(rewards, alpha):
+    rewards = torch.tensor(rewards, dtype=torch.float64)
+    missing = torch.isnan(rewards)
+    g = drive64(rewards, alpha)
+    assert torch.isfinite(g).all()
+    assert torch.all(g[missing] == 0)
+    scale = max(1.0, g.abs().max().item())
+    assert torch.allclose(g.view(3, 4).sum(1), torch.zeros(3, dtype=g.dtype), rtol=0, atol=1e-9 * scale)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rewards=rewards_with_missing, alpha=st.floats(0.0, 0.99), shift=st.floats(-100, 100))
+def test_property_drive_with_missing_rewards_is_shift_invariant(rewards, alpha, shift):
+    rewards = torch.tensor(rewards, dtype=torch.float64)
+    g = drive64(rewards, alpha)
+    scale = max(1.0, g.abs().max().item())
+    # NaN + shift is NaN: the same completions stay missing, and the others' drive must not move.
+    torch.testing.assert_close(drive64(rewards + shift, alpha), g, rtol=1e-9, atol=1e-9 * scale)

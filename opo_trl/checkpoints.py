@@ -1,0 +1,91 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+"""
+Finding the checkpoint to resume from after a run was interrupted.
+
+`transformers.Trainer` writes a `checkpoint-N` folder in order: model, optimizer, scheduler, RNG state, and
+`trainer_state.json` last. A run killed while saving leaves a folder without (or with a truncated)
+`trainer_state.json`, which `transformers.trainer_utils.get_last_checkpoint` still returns, and resuming from it then
+fails or silently restarts the optimizer. [`last_complete_checkpoint`] only returns folders that were fully written.
+"""
+
+import json
+import os
+import re
+
+
+TRAINER_STATE_NAME = "trainer_state.json"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+# Values of `resume_from_checkpoint` that mean "the newest complete checkpoint in output_dir".
+RESUME_LAST = ("last", "true")
+RESUME_NONE = ("", "false", "none")
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """
+    The highest-step `checkpoint-N` folder of `output_dir` that was completely written.
+
+    A checkpoint counts as complete when its `trainer_state.json` exists and parses as JSON: the Trainer writes that
+    file after the model, optimizer, scheduler and RNG state, so its presence means everything before it is on disk.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            The training `output_dir`.
+
+    Returns:
+        `str` or `None`: Path of the checkpoint folder, or `None` if `output_dir` has no complete checkpoint (or does
+        not exist).
+    """
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_RE.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            steps.append((int(match.group(1)), name))
+    for _, name in sorted(steps, reverse=True):
+        path = os.path.join(output_dir, name)
+        if _is_complete(path):
+            return path
+    return None
+
+
+def _is_complete(checkpoint: str) -> bool:
+    # A kill while trainer_state.json itself is being written leaves it truncated: that checkpoint is not complete.
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
+            json.load(f)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def resolve_resume_from_checkpoint(value: str | bool | None, output_dir: str | os.PathLike) -> str | None:
+    """
+    Turn a `resume_from_checkpoint` setting into the checkpoint folder to resume from.
+
+    Args:
+        value (`str`, `bool` or `None`):
+            `None`, `False` or `"false"`: start from scratch. `True`, `"true"` or `"last"`: the newest complete
+            checkpoint of `output_dir` (see [`last_complete_checkpoint`]). Any other string: that path, unchanged.
+        output_dir (`str` or `os.PathLike`):
+            The training `output_dir`.
+
+    Returns:
+        `str` or `None`: The checkpoint path, or `None` to start from scratch.
+
+    Raises:
+        ValueError: If the newest checkpoint is asked for and `output_dir` has no complete one.
+    """
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in RESUME_NONE):
+        return None
+    if value is True or (isinstance(value, str) and value.strip().lower() in RESUME_LAST):
+        checkpoint = last_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise ValueError(
+                f"resume_from_checkpoint={value!r}: no complete checkpoint in {output_dir} (a 'checkpoint-N' folder "
+                f"with a readable {TRAINER_STATE_NAME}). Drop resume_from_checkpoint to start from scratch, or pass "
+                "the path of a checkpoint."
+            )
+        return checkpoint
+    return value
