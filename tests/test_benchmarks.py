@@ -1,0 +1,50 @@
+"""The benchmark scripts run end to end on the tiny model: the gradient probe and the in-process loss timing."""
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gradient_probe_writes_finite_rows_for_every_algorithm(tmp_path):
+    probe = load_script("gradient_probe")
+    probe.main(["--model", "tiny", "--steps", "3", "--out", str(tmp_path), "--no-plot"])
+
+    with open(tmp_path / "gradient_probe.csv") as f:
+        rows = list(csv.DictReader(f))
+    algorithms = {row["algorithm"] for row in rows}
+    for family in ("opo", "grpo", "dapo", "gspo"):
+        assert any(a.startswith(family) for a in algorithms), f"no rows for {family}: {algorithms}"
+    assert len(rows) == 4 * len(algorithms)  # steps 0..3
+    for row in rows:
+        for column in ("grad_norm", "delta_mean_abs", "delta_max_abs"):
+            assert math.isfinite(float(row[column])), row
+        # Only the clipped losses have a clip range; only OPO has a restoring force.
+        column = "opo_force" if row["algorithm"].startswith("opo") else "clip_frac"
+        assert math.isfinite(float(row[column])), row
+    at_anchor = [r for r in rows if r["step"] == "0"]
+    assert max(float(r["delta_max_abs"]) for r in at_anchor) < 1e-5  # old_per_token_logps are the initial model's
+    assert min(float(r["grad_norm"]) for r in at_anchor) > 0  # every loss pulls at the anchor
+
+
+def test_cost_loss_timing_reports_a_finite_ratio(tmp_path):
+    cost = load_script("cost")
+    cost.main(["--model", "tiny", "--repeats", "1", "--warmup", "1", "--skip-train", "--skip-memory",
+               "--out", str(tmp_path)])  # fmt: skip
+
+    result = json.loads((tmp_path / "cost.json").read_text())
+    for baseline in ("grpo_default", "grpo_loss_grpo"):
+        ratio = result["loss"][f"opo_over_{baseline}"]["ratio_of_medians"]
+        assert math.isfinite(ratio) and ratio > 0
+    assert (tmp_path / "cost.md").read_text().startswith("# OPO vs GRPO")
