@@ -167,27 +167,41 @@ def opo_loss(delta: torch.Tensor, drive: torch.Tensor, mu: float, ratio_form: st
 
 
 def escort_statistics(
-    drive: torch.Tensor, weights: torch.Tensor, num_generations: int, mu: float, valid: torch.Tensor | None = None
+    drive: torch.Tensor,
+    weights: torch.Tensor,
+    num_generations: int,
+    mu: float,
+    valid: torch.Tensor | None = None,
+    clipped: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """Diagnostics of one batch of escort drives (all processes): weight stats, |g|, ESS and positivity violations."""
-    ok = weights > 0 if valid is None else valid.to(torch.bool) & (weights > 0)
-    n_ok = ok.sum().clamp(min=1)
+    """
+    Diagnostics of one batch of escort drives (all processes): weight stats, |g|, effective sample size, positivity
+    violations, groups without signal and, when given, unscorable and exponent-capped fractions. One host sync.
+    """
+    # Not `weights > 0`: the weight of a very negative advantage underflows to 0 but is still a scored sample.
+    ok = torch.ones_like(weights, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    n_ok = ok.sum().clamp(min=1).double()
     grouped_w = weights.view(-1, num_generations).double()
     sum_w, sum_w2 = grouped_w.sum(dim=1), grouped_w.pow(2).sum(dim=1)
     n_group = ok.view(-1, num_generations).sum(dim=1)
-    has_data = n_group > 0
+    has_data = (n_group > 0).double()
     # Effective sample size of the escort weights, as a fraction of the valid completions of each group.
-    ess = (sum_w.pow(2) / sum_w2.clamp(min=1e-300) / n_group.clamp(min=1))[has_data]
-    no_signal = (drive.view(-1, num_generations) == 0).all(dim=1)
-    return {
-        "escort_weight/mean": (weights.sum() / n_ok).item(),
-        "escort_weight/max": weights.max().item() if weights.numel() else 0.0,
-        "escort_weight/ess": ess.mean().item() if ess.numel() else 0.0,
-        "drive/abs_mean": (drive.abs().sum() / n_ok).item(),
+    ess = sum_w.pow(2) / sum_w2.clamp(min=1e-300) / n_group.clamp(min=1)
+    stats = {
+        "escort_weight/mean": weights.double().sum() / n_ok,
+        "escort_weight/max": weights.double().max() if weights.numel() else torch.zeros((), dtype=torch.float64),
+        "escort_weight/ess": (ess * has_data).sum() / has_data.sum().clamp(min=1),
+        "drive/abs_mean": drive.double().abs().sum() / n_ok,
         # The exact update 1 + g/mu stays a probability ratio only when g >= -mu.
-        "positivity_violations": ((drive < -mu) & ok).float().sum().item() / n_ok.item(),
-        "groups_without_signal": no_signal.float().mean().item(),
+        "positivity_violations": ((drive < -mu) & ok).double().sum() / n_ok,
+        "groups_without_signal": (drive.view(-1, num_generations) == 0).all(dim=1).double().mean(),
     }
+    if valid is not None:
+        stats["unscorable_frac"] = 1.0 - valid.double().mean()
+    if clipped is not None:
+        stats["escort_weight/clipped_frac"] = (clipped & ok).double().sum() / n_ok
+    values = torch.stack([v.to(torch.float64).cpu() for v in stats.values()]).tolist()
+    return dict(zip(stats, values))
 
 
 def _nanstd(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:

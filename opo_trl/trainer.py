@@ -80,10 +80,9 @@ class OPOTrainer(GRPOTrainer):
         rank, n_local = self.accelerator.process_index, local_advantages.size(0)
         output["advantages"] = drive[rank * n_local : (rank + 1) * n_local]
 
-        stats = escort_statistics(drive, weights, num_generations, self.args.mu, valid=scorable)
-        exponent = (1.0 - self.args.alpha) * advantages[scorable]
-        stats["escort_weight/clipped_frac"] = (exponent > self.args.max_escort_exponent).float().mean().item() if exponent.numel() else 0.0
-        stats["unscorable_frac"] = 1.0 - scorable.float().mean().item()
+        # The exponent cap only binds for advantages above max_escort_exponent / (1 - alpha): count how often.
+        clipped = (1.0 - self.args.alpha) * advantages > self.args.max_escort_exponent
+        stats = escort_statistics(drive, weights, num_generations, self.args.mu, valid=scorable, clipped=clipped)
         for name, value in stats.items():
             self._metrics[mode][f"opo/{name}"].append(value)
         return output
