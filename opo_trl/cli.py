@@ -240,7 +240,14 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     if not reward_funcs:
         raise ValueError("No reward function: set `reward_funcs` (e.g. ['accuracy']).")
 
-    train_dataset, test_dataset = load_train_and_test(script_args, seed=training_args.seed)
+    if dataset_args.datasets:  # a `trl grpo` dataset mixture
+        from trl import get_dataset
+
+        mixture = get_dataset(dataset_args)
+        train_dataset = mixture[script_args.dataset_train_split]
+        test_dataset = mixture.get(script_args.dataset_test_split)
+    else:
+        train_dataset, test_dataset = load_train_and_test(script_args, seed=training_args.seed)
     validate_dataset(train_dataset, reward_funcs, "train")
     validate_dataset(test_dataset, reward_funcs, "test")
 
@@ -303,7 +310,9 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
 def _heldout(trainer, dataset, script_args, desc):
     from .evaluation import sampled_accuracy
 
-    reward = trainer.reward_funcs[-len(script_args.reward_funcs)]  # the first named reward: accuracy by convention
+    # Accuracy is what the held-out number means: the first reward function named like it, else the first one.
+    named = trainer.reward_funcs[-len(script_args.reward_funcs) :]
+    reward = next((f for f in named if "accuracy" in getattr(f, "__name__", "")), named[0])
     args = trainer.args
     return sampled_accuracy(
         trainer.model,
