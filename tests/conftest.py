@@ -58,3 +58,11 @@ def distinct_chars_reward(completions, **kwargs):
 def digit_reward(completions, **kwargs):
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
     return [float(sum(ch.isdigit() for ch in t)) for t in texts]
+
+
+def failure_report(result, lines=60):
+    """The part of a failed subprocess's output that explains it: tracebacks and error lines, not progress bars."""
+    text = (result.stdout or "") + "\n" + (result.stderr or "")
+    keep = [line for line in text.splitlines() if "Traceback" in line or "Error" in line or line.startswith(("  File", "[rank"))]
+    keep = [line for line in keep if "Warning" not in line]
+    return f"exit code {result.returncode}\n" + "\n".join(keep[-lines:])

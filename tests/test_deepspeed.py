@@ -14,6 +14,8 @@ import yaml
 
 from opo_trl.cli import RECIPES_DIR
 
+from .conftest import failure_report
+
 from .test_cli import tiny_recipe
 
 
@@ -33,7 +35,7 @@ def launch(tmp_path, model_path, stage, extra=()):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert result.returncode == 0, failure_report(result)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return out, metrics
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import failure_report
+
 
 SCRIPT = Path(__file__).parent / "distributed" / "equivalence.py"
 
@@ -19,7 +21,7 @@ def run(nproc, out_dir, model_dir):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                str(29500 + nproc + os.getpid() % 1000), str(SCRIPT), str(out_dir), model_dir]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.returncode == 0, failure_report(result)
     return json.loads((out_dir / "result.json").read_text())
 
 
