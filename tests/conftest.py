@@ -66,3 +66,12 @@ def failure_report(result, lines=60):
     keep = [line for line in text.splitlines() if "Traceback" in line or "Error" in line or line.startswith(("  File", "[rank"))]
     keep = [line for line in keep if "Warning" not in line]
     return f"exit code {result.returncode}\n" + "\n".join(keep[-lines:])
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's rendezvous (fixed ports collide between runs)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -14,7 +14,7 @@ import yaml
 
 from opo_trl.cli import RECIPES_DIR
 
-from .conftest import failure_report
+from .conftest import failure_report, free_port
 
 from .test_cli import tiny_recipe
 
@@ -30,7 +30,7 @@ def launch(tmp_path, model_path, stage, extra=()):
     recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, model_path, reward_funcs=["tests.conftest.distinct_chars_reward"], output_dir=str(out))))
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(RECIPES_DIR / "accelerate" / f"zero{stage}.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(29600 + stage + 2 * bool(extra)),
+        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
         "-m", "opo_trl.cli", "train", "--config", str(recipe), "--use_cpu", "true", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import failure_report
+from .conftest import failure_report, free_port
 
 
 SCRIPT = Path(__file__).parent / "distributed" / "equivalence.py"
@@ -19,7 +19,7 @@ def run(nproc, out_dir, model_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(SCRIPT.parents[2])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(29500 + nproc + os.getpid() % 1000), str(SCRIPT), str(out_dir), model_dir]
+               str(free_port()), str(SCRIPT), str(out_dir), model_dir]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, failure_report(result)
     return json.loads((out_dir / "result.json").read_text())
