@@ -57,6 +57,8 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers.utils import logging as hf_logging
 
+from opo_trl.testing import model_path as resolve_model_path
+
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -88,18 +90,6 @@ def parse_args(argv=None):
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
     parser.add_argument("--child-out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
-
-
-def resolve_model_path(name: str, workdir: str) -> str:
-    if name == "tiny":
-        from opo_trl.testing import save_tiny_model
-
-        return save_tiny_model(Path(workdir) / "tiny-model", hidden_size=64, seed=0)
-    if name == "smollm2":
-        from opo_trl.models import resolve_model
-
-        return resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
-    return name
 
 
 def deterministic_reward(completions, **kwargs):

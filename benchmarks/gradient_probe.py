@@ -50,6 +50,9 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers.utils import logging as hf_logging
 
+from opo_trl.cli import BASELINES
+from opo_trl.testing import model_path as resolve_model_path
+
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -64,18 +67,6 @@ COMPLETIONS = (
 )
 REWARDS = ((1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0), (1.0, 0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.0))
 
-# The baselines as TRL expresses them (OPO_SPEC.md); "scale_rewards" also decides the advantages fed to each.
-BASELINES = {
-    "grpo": {"loss_type": "grpo", "scale_rewards": "group", "epsilon": 0.2},
-    "dapo": {
-        "loss_type": "dapo",
-        "epsilon": 0.2,
-        "epsilon_high": 0.28,
-        "mask_truncated_completions": True,
-        "scale_rewards": "none",
-    },
-    "gspo": {"importance_sampling_level": "sequence", "loss_type": "grpo", "epsilon": 3e-4, "epsilon_high": 4e-4},
-}
 # Plain SGD on OPO's quadratic is stable only while lr * mu * (largest curvature of Delta) < 2; these rates keep
 # mu = 4 stable. SmolLM2 trains its last 4 layers by default so that 20 steps of 5 algorithms fit in ~3 CPU minutes.
 DEFAULT_LR = {"tiny": 0.1, "smollm2": 1e-3}
@@ -103,18 +94,6 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="docs/probe", help="output directory (default: docs/probe)")
     parser.add_argument("--no-plot", action="store_true", help="skip gradient_probe.png")
     return parser.parse_args(argv)
-
-
-def resolve_model_path(name: str, workdir: str) -> str:
-    if name == "tiny":
-        from opo_trl.testing import save_tiny_model
-
-        return save_tiny_model(Path(workdir) / "tiny-model", hidden_size=64, seed=0)
-    if name == "smollm2":
-        from opo_trl.models import resolve_model
-
-        return resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
-    return name
 
 
 def build_trainer(algorithm: str, model_path: str, workdir: str, batch_size: int, num_generations: int, args):

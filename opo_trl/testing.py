@@ -60,3 +60,14 @@ def save_tiny_model(path: str | Path, hidden_size: int = 32, num_layers: int = 2
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+def model_path(name: str, workdir: str | Path) -> str:
+    """`"tiny"` (a tiny model written to `workdir`), `"smollm2"` (the offline default model) or any path or hub id."""
+    if name == "tiny":
+        return save_tiny_model(Path(workdir) / "tiny-model", hidden_size=64, seed=0)
+    if name == "smollm2":
+        from .models import resolve_model
+
+        return resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    return name
