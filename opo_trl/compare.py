@@ -96,7 +96,7 @@ def aggregate(output_dir, algorithms, seeds, last_k=5):
     rows = [_summary_row(algorithm, [runs[a, s] for a, s in runs if a == algorithm], last_k) for algorithm in algorithms]
     rows = [r for r in rows if r is not None]
     (output_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (output_dir / "summary.md").write_text(summary_markdown(rows, last_k))
+    (output_dir / "summary.md").write_text(summary_markdown(rows, last_k) + "\n" + per_run_markdown(runs, last_k))
     _plot(output_dir, runs, algorithms)
     return rows
 
@@ -154,7 +154,7 @@ def summary_markdown(rows, last_k):
         return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f} [{stat['min']:.{digits}f}, {stat['max']:.{digits}f}]"
 
     lines = [
-        f"| algorithm | seeds | training reward (last {last_k} steps) | held-out acc. before | held-out acc. after | "
+        f"| algorithm | seeds | training reward (last {last_k} logged) | held-out acc. before | held-out acc. after | "
         "mean grad norm | s / step | peak RSS (MB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -166,6 +166,20 @@ def summary_markdown(rows, last_k):
         )
     lines.append("")
     lines.append("Each cell: mean ± std over seeds [min, max].")
+    return "\n".join(lines) + "\n"
+
+
+def per_run_markdown(runs, last_k):
+    lines = [f"| algorithm | seed | held-out before | held-out after | training reward (last {last_k} logged) | s / step | "
+             "peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
+    for (algorithm, seed), (summary, steps) in sorted(runs.items()):
+        rewards = [e["reward"] for e in steps if "reward" in e]
+        final = statistics.fmean(rewards[-last_k:]) if rewards else float("nan")
+        lines.append(
+            f"| {algorithm} | {seed} | {summary.get('heldout_accuracy_before', float('nan')):.3f} | "
+            f"{summary.get('heldout_accuracy_after', float('nan')):.3f} | {final:.3f} | "
+            f"{summary.get('seconds_per_step') or float('nan'):.1f} | {summary.get('peak_rss_mb', float('nan')):.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
