@@ -304,6 +304,10 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     trainer.save_model(training_args.output_dir)
     if trainer.accelerator.is_main_process:
         summary.update(write_run_files(trainer.state.log_history, summary, training_args.output_dir))
+    # Leave together and tear the process group down cleanly: a rank that exits while another still holds the group
+    # can make gloo abort the other one at exit.
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
     return summary
 
 

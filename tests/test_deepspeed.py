@@ -5,7 +5,6 @@ configs and the `opo-trl` command, on 2 CPU processes (DeepSpeed's CPU accelerat
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import yaml
 
 from opo_trl.cli import RECIPES_DIR
 
-from .conftest import failure_report, free_port
+from .conftest import failure_report, free_port, run_distributed
 
 from .test_cli import tiny_recipe
 
@@ -34,7 +33,7 @@ def launch(tmp_path, model_path, stage, extra=()):
         "-m", "opo_trl.cli", "train", "--config", str(recipe), "--use_cpu", "true", *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = run_distributed(command, env)
     assert result.returncode == 0, failure_report(result)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return out, metrics

@@ -2,14 +2,13 @@
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from .conftest import failure_report, free_port
+from .conftest import failure_report, free_port, run_distributed
 
 
 SCRIPT = Path(__file__).parent / "distributed" / "equivalence.py"
@@ -20,7 +19,7 @@ def run(nproc, out_dir, model_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(SCRIPT.parents[2])}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
                str(free_port()), str(SCRIPT), str(out_dir), model_dir]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = run_distributed(command, env)
     assert result.returncode == 0, failure_report(result)
     return json.loads((out_dir / "result.json").read_text())
 

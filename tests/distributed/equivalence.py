@@ -67,6 +67,8 @@ def main(out_dir, model_dir):
              "world_size": trainer.accelerator.num_processes},
             open(f"{out_dir}/result.json", "w"),
         )
+    trainer.accelerator.wait_for_everyone()
+    trainer.end()
 
 
 if __name__ == "__main__":
