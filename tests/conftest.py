@@ -49,6 +49,19 @@ def cpu_config_kwargs(tmp_path, **overrides):
     return kwargs
 
 
+def make_trainer(tmp_path, model, dataset, reward_funcs=None, peft_config=None, callbacks=None, **overrides):
+    """An OPOTrainer on the CPU settings above; `overrides` go to OPOConfig."""
+    from opo_trl import OPOConfig, OPOTrainer
+
+    args = OPOConfig(**cpu_config_kwargs(tmp_path, **overrides))
+    return OPOTrainer(model=model, reward_funcs=reward_funcs or distinct_chars_reward, args=args,
+                      train_dataset=dataset, peft_config=peft_config, callbacks=callbacks)
+
+
+def snapshot(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
 def distinct_chars_reward(completions, **kwargs):
     """A dense reward a random tiny model already varies on."""
     texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]

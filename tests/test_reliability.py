@@ -23,19 +23,10 @@ from opo_trl.checkpoints import last_complete_checkpoint, resolve_resume_from_ch
 from opo_trl.cli import main
 
 from . import interruptible_run
-from .conftest import cpu_config_kwargs, digit_reward, distinct_chars_reward
+from .conftest import cpu_config_kwargs, digit_reward, make_trainer, snapshot
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def make_trainer(tmp_path, model, dataset, reward_funcs=distinct_chars_reward, callbacks=None, **overrides):
-    args = OPOConfig(**cpu_config_kwargs(tmp_path, **overrides))
-    return OPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, callbacks=callbacks)
-
-
-def params(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def assert_finite_run(trainer, steps):
@@ -159,7 +150,7 @@ def test_pathological_rewards_keep_training_finite_and_groups_without_signal_get
         per_device_train_batch_size=20,
         max_completion_length=4,
     )
-    before = params(trainer.model)
+    before = snapshot(trainer.model)
     trainer.train()
     assert_finite_run(trainer, 2)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())  # still learns
@@ -196,7 +187,7 @@ def test_constant_reward_gives_no_update(tmp_path, tiny_model_path, prompt_datas
         return [3.0] * len(completions)
 
     trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, reward_funcs=constant, max_completion_length=4)
-    before = params(trainer.model)
+    before = snapshot(trainer.model)
     trainer.train()
     assert_finite_run(trainer, 2)
     # Every group is tied, so the drive, the loss gradient and (weight_decay = 0) the Adam update are exactly 0.

@@ -12,16 +12,7 @@ from trl import GRPOConfig, GRPOTrainer
 from opo_trl import OPOConfig, OPOTrainer
 from opo_trl.core import escort_drive, group_advantages
 
-from .conftest import cpu_config_kwargs, digit_reward, distinct_chars_reward
-
-
-def make_trainer(tmp_path, model, dataset, reward_funcs=distinct_chars_reward, peft_config=None, **overrides):
-    args = OPOConfig(**cpu_config_kwargs(tmp_path, **overrides))
-    return OPOTrainer(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, peft_config=peft_config)
-
-
-def snapshot(model):
-    return {name: p.detach().clone() for name, p in model.named_parameters()}
+from .conftest import cpu_config_kwargs, digit_reward, distinct_chars_reward, make_trainer, snapshot
 
 
 def changed(before, model):
