@@ -147,7 +147,7 @@ def loss_inputs(trainer, args, variant: str) -> dict[str, torch.Tensor]:
     rewards = torch.rand(b, generator=g)
     if variant == "opo":
         centred = group_advantages(rewards, args.num_generations, "none")
-        advantages = escort_drive(centred, args.num_generations, alpha=0.4)[0]  # OPOConfig's defaults
+        advantages = escort_drive(centred, args.num_generations, alpha=0.4).drive  # OPOConfig's defaults
     else:
         advantages = group_advantages(rewards, args.num_generations, "group")
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
@@ -185,7 +185,7 @@ def measure_loss(args, model_path: str, workdir: str) -> dict:
                 times[v].append(elapsed)
     result = {"seconds": times, "stats": {v: summary(t) for v, t in times.items()}}
     for baseline in ("grpo_default", "grpo_loss_grpo"):
-        pairs = [o / g for o, g in zip(times["opo"], times[baseline])]
+        pairs = [o / g for o, g in zip(times["opo"], times[baseline], strict=True)]
         result[f"opo_over_{baseline}"] = {
             "ratio_of_medians": statistics.median(times["opo"]) / statistics.median(times[baseline]),
             "pair_min": min(pairs),

@@ -7,7 +7,7 @@ sees the same prompt and completion token ids, and is anchored to the same rollo
 the log-probs of the initial weights). Each then takes `--steps` plain SGD steps (same fixed learning rate, no
 gradient clipping, no momentum) on that batch, through its trainer's real `_compute_loss`:
 
-- GRPO, DAPO and GSPO: `trl.GRPOTrainer` with the baseline settings of `OPO_SPEC.md`. Their advantages are their own
+- GRPO, DAPO and GSPO: `trl.GRPOTrainer` with the baseline settings of `opo_trl.algorithms`. Their advantages are their own
   group-centred rewards (divided by the group std where `scale_rewards` is `"group"`). Once a token's ratio leaves the
   clip range on the side its advantage pushes, its gradient is exactly zero: the objective stops responding however
   far the ratio goes.
@@ -50,11 +50,13 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers.utils import logging as hf_logging
 
-from opo_trl.cli import BASELINES
+from opo_trl.algorithms import ALGORITHMS
 from opo_trl.testing import model_path as resolve_model_path
 
 
 hf_logging.set_verbosity_error()
+
+BASELINES = {name: a.settings for name, a in ALGORITHMS.items() if a.settings}
 hf_logging.disable_progress_bar()
 
 
@@ -128,7 +130,7 @@ def build_batch(tokenizer) -> dict[str, torch.Tensor]:
     """Left-padded prompts and right-padded, eos-terminated completions, as `_generate_and_score_completions` does."""
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     prompts, completions = [], []
-    for prompt, group in zip(PROMPTS, COMPLETIONS):
+    for prompt, group in zip(PROMPTS, COMPLETIONS, strict=True):
         prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         for text in group:
             prompts.append(prompt_ids)
@@ -149,7 +151,7 @@ def advantages_for(algorithm: str, rewards: torch.Tensor, num_generations: int, 
 
     if algorithm.startswith("opo"):
         # OPOConfig's default scale_rewards="none": centre only, then the escort drive.
-        return escort_drive(group_advantages(rewards, num_generations, "none"), num_generations, alpha)[0]
+        return escort_drive(group_advantages(rewards, num_generations, "none"), num_generations, alpha).drive
     scale = BASELINES[algorithm].get("scale_rewards", GRPOConfig.scale_rewards)
     return group_advantages(rewards, num_generations, scale)
 

@@ -38,18 +38,23 @@ def main(argv=None):
     rows = []
     for alpha, mu in points:
         out = Path(args.output_dir) / f"alpha{alpha}-mu{mu}"
-        (row,) = run_comparison(args.config, ["opo"], args.seeds, out, [*extra, "--alpha", str(alpha), "--mu", str(mu)],
-                                args.last_k)
+        (row,) = run_comparison(
+            args.config, ["opo"], args.seeds, out, [*extra, "--alpha", str(alpha), "--mu", str(mu)], args.last_k
+        )
         rows.append({"alpha": alpha, "mu": mu, **row})
 
     def fmt(stat):
         return "n/a" if stat is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
-    lines = [f"| alpha | mu | seeds | training reward (last {args.last_k}) | held-out before | held-out after | mean grad norm |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| alpha | mu | seeds | training reward (last {args.last_k}) | held-out before | held-out after | mean grad norm |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['alpha']} | {r['mu']} | {r['seeds']} | {fmt(r['final_reward'])} | {fmt(r['heldout_before'])} | "
-                     f"{fmt(r['heldout_after'])} | {fmt(r['grad_norm'])} |")
+        lines.append(
+            f"| {r['alpha']} | {r['mu']} | {r['seeds']} | {fmt(r['final_reward'])} | {fmt(r['heldout_before'])} | "
+            f"{fmt(r['heldout_after'])} | {fmt(r['grad_norm'])} |"
+        )
     table = "\n".join(lines) + "\n"
     Path(args.output_dir, "sweep.md").write_text(table)
     Path(args.output_dir, "sweep.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -5,7 +5,7 @@
     opo-trl compare --config recipes/compare_cpu.yaml --algorithms opo grpo dapo gspo --seeds 0 1 2 \\
         --output_dir runs/compare [--last_k 5] [--key value ...]
 
-Every run is `opo-trl train --config <recipe> --algorithm <a> --seed <s>` in its own process (so peak memory is the
+Every run is the training job of `opo-trl train --config <recipe> --algorithm <a> --seed <s>` in its own process (so peak memory is the
 run's own), with the same task, model, generation budget and step count; only the algorithm differs. Finished runs
 (a `summary.json` in their folder) are kept, so an interrupted comparison resumes where it stopped. Then writes:
 
@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .run import HELDOUT_FILE
 
 
 STEP_COLUMNS = {
@@ -47,28 +49,36 @@ def run_comparison(config, algorithms, seeds, output_dir, extra_args=(), last_k=
         run_dir = output_dir / f"{algorithm}-seed{seed}"
         if (run_dir / "summary.json").exists():
             continue
-        args = ["train", "--config", str(config), "--algorithm", algorithm, "--seed", str(seed),
-                "--output_dir", str(run_dir), *extra_args]
-        # The initial model is the same for every algorithm of a seed: measure its held-out accuracy once.
-        before = _known_accuracy_before(output_dir, algorithms, seed)
+        args = [
+            "--config",
+            str(config),
+            "--algorithm",
+            algorithm,
+            "--seed",
+            str(seed),
+            "--output_dir",
+            str(run_dir),
+            *extra_args,
+        ]
+        # The initial model is the same for every algorithm of a seed: evaluate it once.
+        before = _run_evaluated_before(output_dir, algorithms, seed)
         if before is not None:
-            args += ["--heldout_accuracy_before", str(before)]
+            args += ["--heldout_before_from", str(before)]
         if in_process:
-            from .cli import main
+            from .run import main
 
             main(args)
         else:
-            subprocess.run([sys.executable, "-m", "opo_trl.cli", *args], check=True)
+            subprocess.run([sys.executable, "-m", "opo_trl.run", *args], check=True)
     return aggregate(output_dir, algorithms, seeds, last_k)
 
 
-def _known_accuracy_before(output_dir, algorithms, seed):
+def _run_evaluated_before(output_dir, algorithms, seed):
+    """A finished run of this seed that evaluated the initial model, if any."""
     for algorithm in algorithms:
-        path = output_dir / f"{algorithm}-seed{seed}" / "summary.json"
-        if path.exists():
-            value = json.loads(path.read_text()).get("heldout_accuracy_before")
-            if value is not None:
-                return value
+        run_dir = output_dir / f"{algorithm}-seed{seed}"
+        if (run_dir / "summary.json").exists() and (run_dir / HELDOUT_FILE).exists():
+            return run_dir
     return None
 
 
@@ -93,7 +103,9 @@ def aggregate(output_dir, algorithms, seeds, last_k=5):
             if (run_dir / "summary.json").exists():
                 runs[algorithm, seed] = load_run(run_dir)
     _write_steps_csv(output_dir / "steps.csv", runs)
-    rows = [_summary_row(algorithm, [runs[a, s] for a, s in runs if a == algorithm], last_k) for algorithm in algorithms]
+    rows = [
+        _summary_row(algorithm, [runs[a, s] for a, s in runs if a == algorithm], last_k) for algorithm in algorithms
+    ]
     rows = [r for r in rows if r is not None]
     (output_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
     (output_dir / "summary.md").write_text(summary_markdown(rows, last_k) + "\n" + per_run_markdown(runs, last_k))
@@ -116,8 +128,13 @@ def _mean_spread(values):
     values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return None
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def _summary_row(algorithm, runs, last_k):
@@ -170,8 +187,11 @@ def summary_markdown(rows, last_k):
 
 
 def per_run_markdown(runs, last_k):
-    lines = [f"| algorithm | seed | held-out before | held-out after | training reward (last {last_k} logged) | s / step | "
-             "peak RSS (MB) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"| algorithm | seed | held-out before | held-out after | training reward (last {last_k} logged) | s / step | "
+        "peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for (algorithm, seed), (summary, steps) in sorted(runs.items()):
         rewards = [e["reward"] for e in steps if "reward" in e]
         final = statistics.fmean(rewards[-last_k:]) if rewards else float("nan")
@@ -192,19 +212,32 @@ def _plot(output_dir, runs, algorithms):
     except ImportError:
         print("[opo-trl] matplotlib not installed: no plots (pip install opo-trl[plot])", file=sys.stderr)
         return
-    for name, key, label in [("reward", "reward", "training reward"), ("heldout", "heldout/accuracy",
-                             "held-out accuracy"), ("grad_norm", "grad_norm", "gradient norm")]:
+    for name, key, label in [
+        ("reward", "reward", "training reward"),
+        ("heldout", "heldout/accuracy", "held-out accuracy"),
+        ("grad_norm", "grad_norm", "gradient norm"),
+    ]:
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for algorithm in algorithms:
-            curves = [{e["step"]: e[key] for e in steps if key in e} for (a, _), (_, steps) in runs.items() if a == algorithm]
+            curves = [
+                {e["step"]: e[key] for e in steps if key in e} for (a, _), (_, steps) in runs.items() if a == algorithm
+            ]
             curves = [c for c in curves if c]
             if not curves:
                 continue
             steps = sorted(set().union(*curves))
             values = [[c[s] for c in curves if s in c] for s in steps]
             mean = [statistics.fmean(v) for v in values]
-            line = ax.plot(steps, mean, label=f"{algorithm} ({len(curves)} seeds)", marker="o" if key.startswith("held") else None, markersize=3)
-            ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15, color=line[0].get_color())
+            line = ax.plot(
+                steps,
+                mean,
+                label=f"{algorithm} ({len(curves)} seeds)",
+                marker="o" if key.startswith("held") else None,
+                markersize=3,
+            )
+            ax.fill_between(
+                steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15, color=line[0].get_color()
+            )
         ax.set(xlabel="step", ylabel=label, title=f"{label} (mean, band = min..max over seeds)")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -6,8 +6,30 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .core import LOG_RATIO_AGGREGATIONS, RATIO_FORMS
+from .core import LOG_RATIO_AGGREGATIONS, MAX_ESCORT_EXPONENT, RATIO_FORMS, SCALE_REWARDS
 
+
+# Every option GRPOConfig adds to `transformers.TrainingArguments` is in exactly one of the three tables below (a test
+# keeps it so, and fails on an option a new TRL release adds): used as GRPOTrainer uses it, ignored with a warning,
+# or rejected.
+
+# Options OPOTrainer uses exactly as GRPOTrainer does: model loading, generation, vLLM, rewards and advantages, the
+# KL to a reference, logging.
+USED_GRPO_FIELDS = (
+    "model_init_kwargs", "trust_remote_code", "router_aux_loss_coef", "disable_dropout", "cast_lm_head_to_fp32",
+    "num_generations", "num_generations_eval", "max_completion_length", "ds3_gather_for_generation",
+    "shuffle_dataset", "pad_to_multiple_of", "generation_batch_size", "steps_per_generation", "temperature", "top_p",
+    "top_k", "min_p", "generation_kwargs", "chat_template_kwargs", "repetition_penalty", "cache_implementation",
+    "use_vllm", "vllm_mode", "vllm_model_impl", "vllm_enable_sleep_mode", "vllm_structured_outputs_regex",
+    "vllm_server_base_url", "vllm_server_host", "vllm_server_port", "vllm_server_timeout", "vllm_group_port",
+    "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_tensor_parallel_size",
+    "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max",
+    "vllm_importance_sampling_clip_min", "vllm_importance_sampling_cap", "beta", "num_iterations", "reward_weights",
+    "multi_objective_aggregation", "scale_rewards", "mask_truncated_completions", "sync_ref_model",
+    "ref_model_mixup_alpha", "ref_model_sync_steps", "max_tool_calling_iterations", "use_bias_correction_kl",
+    "log_completions", "log_multimodal", "num_completions_to_print", "log_unique_prompts", "log_completions_hub_repo",
+    "use_transformers_continuous_batching", "transformers_continuous_batching_config", "use_transformers_paged",
+)  # fmt: skip
 
 # GRPOConfig options that shape GRPO's clipped token loss and that OPO's objective has no use for. A GRPO, DAPO or
 # GSPO recipe sets them, so they must parse; when set away from their default they are reported once, not applied.
@@ -23,6 +45,11 @@ IGNORED_GRPO_FIELDS = (
     "vespo_lambda_pos",
     "vespo_k_neg",
     "vespo_lambda_neg",
+    # The adaptive entropy controller's settings: they act only with `use_adaptive_entropy`, which is rejected.
+    "entropy_coef_min",
+    "entropy_coef_max",
+    "entropy_coef_delta",
+    "entropy_target",
 )
 
 # GRPOConfig options that change the objective in a way OPO does not define. Silently dropping them would train
@@ -102,8 +129,10 @@ class OPOConfig(GRPOConfig):
         },
     )
     max_escort_exponent: float = field(
-        default=20.0,
-        metadata={"help": "Cap on the escort exponent (1 - alpha) * A, so that no reward scale overflows the weights."},
+        default=MAX_ESCORT_EXPONENT,
+        metadata={
+            "help": "Cap on the escort exponent (1 - alpha) * A, so that no reward scale overflows the weights."
+        },
     )
     scale_rewards: str = field(
         default="none",
@@ -134,8 +163,8 @@ def _check_opo_fields(args: "OPOConfig") -> None:
     if not (isinstance(args.max_escort_exponent, (int, float)) and 0 < args.max_escort_exponent <= 80):
         fail("max_escort_exponent", "a float in (0, 80]")
     scale = {True: "group", False: "none"}.get(args.scale_rewards, args.scale_rewards)
-    if scale not in ("none", "group", "batch"):
-        fail("scale_rewards", "one of ['none', 'group', 'batch']")
+    if scale not in SCALE_REWARDS:
+        fail("scale_rewards", f"one of {list(SCALE_REWARDS)}")
     if args.num_generations is not None and args.num_generations < 2:
         fail("num_generations", "an int >= 2 (the escort drive is centred within each group of completions)")
     defaults = _grpo_defaults()

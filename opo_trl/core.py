@@ -19,6 +19,7 @@ the constant mu, and the minimiser is v_i* = g_i / mu, which sums to zero over e
 """
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -26,6 +27,8 @@ import torch
 LOG_RATIO_AGGREGATIONS = ("mean", "sum")
 SCALE_REWARDS = ("none", "group", "batch")
 
+# Default cap on the escort exponent (1 - alpha) * A: exp(20) ~ 4.9e8 keeps w, g and g * Delta finite in float32.
+MAX_ESCORT_EXPONENT = 20.0
 # Largest log-ratio fed to exp() in the exact-ratio form; exp(20) ~ 4.9e8 keeps v and v**2 finite in float32/bf16.
 MAX_EXACT_LOG_RATIO = 20.0
 
@@ -62,13 +65,21 @@ def group_advantages(
     return advantages.reshape(rewards.shape)
 
 
+class EscortDrive(NamedTuple):
+    """The escort drive of a batch of groups, flat and detached."""
+
+    drive: torch.Tensor  # g = w - mean_group(w), 0 where invalid
+    weights: torch.Tensor  # w, 0 where invalid
+    clipped: torch.Tensor  # bool: the exponent hit the cap
+
+
 def escort_drive(
     advantages: torch.Tensor,
     num_generations: int,
     alpha: float,
     valid: torch.Tensor | None = None,
-    max_exponent: float = 20.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    max_exponent: float = MAX_ESCORT_EXPONENT,
+) -> EscortDrive:
     """
     The alpha-escort drive g_i = w_i - mean_j w_j with w_i = exp((1 - alpha) * A_i), per prompt group.
 
@@ -85,23 +96,24 @@ def escort_drive(
             Escort exponent in [0, 1). alpha -> 1 flattens the weights (no update); alpha = 0 is the most aggressive.
         valid (`torch.Tensor` or `None`, *optional*):
             Boolean mask of completions that carry a reward.
-        max_exponent (`float`, *optional*, defaults to `20.0`):
+        max_exponent (`float`, *optional*, defaults to `MAX_ESCORT_EXPONENT`):
             Upper bound on the exponent (1 - alpha) * A_i, so that w never overflows to inf whatever the reward
             scale. It only binds for advantages above max_exponent / (1 - alpha).
 
     Returns:
-        `tuple[torch.Tensor, torch.Tensor]`: The drive g and the escort weights w (0 where invalid), flat, detached.
+        [`EscortDrive`]: The drive g, the escort weights w (both 0 where invalid) and where the exponent was capped.
     """
     advantages = advantages.detach()
     ok = ~torch.isnan(advantages)
     if valid is not None:
         ok = ok & valid.to(torch.bool)
-    exponent = torch.where(ok, (1.0 - alpha) * advantages, torch.zeros_like(advantages)).clamp(max=max_exponent)
-    weights = torch.exp(exponent) * ok
+    exponent = torch.where(ok, (1.0 - alpha) * advantages, torch.zeros_like(advantages))
+    clipped = ok & (exponent > max_exponent)
+    weights = torch.exp(exponent.clamp(max=max_exponent)) * ok
     grouped_w, grouped_ok = weights.view(-1, num_generations), ok.view(-1, num_generations)
     mean_w = grouped_w.sum(dim=1, keepdim=True) / grouped_ok.sum(dim=1, keepdim=True).clamp(min=1)
     drive = (grouped_w - mean_w) * grouped_ok
-    return drive.reshape(advantages.shape), weights
+    return EscortDrive(drive.reshape(advantages.shape), weights, clipped)
 
 
 def sequence_log_ratio(
@@ -166,18 +178,93 @@ def opo_loss(delta: torch.Tensor, drive: torch.Tensor, mu: float, ratio_form: st
     return -drive.detach() * v + 0.5 * mu * v.pow(2)
 
 
-def escort_statistics(
+def sequence_importance_weight(importance_sampling_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """
+    One detached weight per sequence from TRL's vLLM importance-sampling correction: the ratio itself in TRL's
+    `sequence_*` modes (shape `(B, 1)`), the masked mean of the token ratios in its `token_*` modes (shape `(B, T)`).
+    """
+    ratio = importance_sampling_ratio.detach()
+    if ratio.size(-1) == 1:
+        return ratio.squeeze(-1)
+    return (ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+
+
+def per_token_kl(
+    per_token_logps: torch.Tensor, ref_per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor | None = None
+) -> torch.Tensor:
+    """
+    TRL's per-token KL estimate to the reference, `exp(ref - logp) - (ref - logp) - 1` (Schulman's k3), times the
+    token ratio `exp(logp - old)` when `old_per_token_logps` is given (TRL's `use_bias_correction_kl`).
+    """
+    diff = ref_per_token_logps - per_token_logps
+    kl = torch.exp(diff) - diff - 1
+    if old_per_token_logps is not None:
+        kl = kl * torch.exp(per_token_logps - old_per_token_logps)
+    return kl
+
+
+class SequenceLoss(NamedTuple):
+    """What [`opo_sequence_loss`] returns: the loss to average and what the trainer logs."""
+
+    loss: torch.Tensor  # (B,) per-sequence loss, IS weight and KL included
+    delta: torch.Tensor  # (B,) sequence log-ratio Delta
+    kl: torch.Tensor | None  # (B, T) per-token KL, when beta > 0
+
+
+def opo_sequence_loss(
+    per_token_logps: torch.Tensor,
+    old_per_token_logps: torch.Tensor,
+    mask: torch.Tensor,
     drive: torch.Tensor,
-    weights: torch.Tensor,
-    num_generations: int,
     mu: float,
-    valid: torch.Tensor | None = None,
-    clipped: torch.Tensor | None = None,
+    aggregation: str = "mean",
+    ratio_form: str = "log",
+    importance_weight: torch.Tensor | None = None,
+    ref_per_token_logps: torch.Tensor | None = None,
+    beta: float = 0.0,
+    kl_ratio_correction: bool = True,
+) -> SequenceLoss:
+    """
+    The whole per-sequence OPO loss of a micro-batch: the log-ratio Delta against the rollout policy, the quadratic
+    ratio loss [`opo_loss`], an optional importance weight per sequence (vLLM's sampler correction), and an optional
+    KL penalty to a reference, `beta` times TRL's per-token KL averaged over each sequence.
+
+    Args:
+        per_token_logps (`torch.Tensor`): `(B, T)` log-probs of the completion tokens under the current policy.
+        old_per_token_logps (`torch.Tensor`): `(B, T)` log-probs under the rollout policy pi_k.
+        mask (`torch.Tensor`): `(B, T)` completion mask (times the tool mask).
+        drive (`torch.Tensor`): `(B,)` escort drive g.
+        mu (`float`): Stiffness of the chi-square trust region.
+        aggregation (`str`, *optional*, defaults to `"mean"`): How Delta aggregates tokens, see [`sequence_log_ratio`].
+        ratio_form (`str`, *optional*, defaults to `"log"`): See [`opo_loss`].
+        importance_weight (`torch.Tensor`, *optional*): `(B,)` detached weight of each sequence's loss.
+        ref_per_token_logps (`torch.Tensor`, *optional*): `(B, T)` reference log-probs; needed when `beta > 0`.
+        beta (`float`, *optional*, defaults to `0.0`): KL coefficient.
+        kl_ratio_correction (`bool`, *optional*, defaults to `True`): Weight the KL by the token ratio to pi_k.
+
+    Returns:
+        [`SequenceLoss`]: The per-sequence loss, Delta and the per-token KL (or `None`).
+    """
+    delta = sequence_log_ratio(per_token_logps, old_per_token_logps, mask, aggregation)
+    loss = opo_loss(delta, drive, mu, ratio_form)
+    if importance_weight is not None:
+        loss = loss * importance_weight.detach()
+    kl = None
+    if beta != 0.0:
+        kl = per_token_kl(per_token_logps, ref_per_token_logps, old_per_token_logps if kl_ratio_correction else None)
+        loss = loss + beta * (kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return SequenceLoss(loss, delta, kl)
+
+
+def escort_statistics(
+    escort: EscortDrive, num_generations: int, mu: float, valid: torch.Tensor | None = None
 ) -> dict[str, float]:
     """
     Diagnostics of one batch of escort drives (all processes): weight stats, |g|, effective sample size, positivity
-    violations, groups without signal and, when given, unscorable and exponent-capped fractions. One host sync.
+    violations, exponent-capped fraction, groups without signal and, given `valid`, the unscorable fraction. One host
+    sync.
     """
+    drive, weights, clipped = escort
     # Not `weights > 0`: the weight of a very negative advantage underflows to 0 but is still a scored sample.
     ok = torch.ones_like(weights, dtype=torch.bool) if valid is None else valid.to(torch.bool)
     n_ok = ok.sum().clamp(min=1).double()
@@ -191,6 +278,7 @@ def escort_statistics(
         "escort_weight/mean": weights.double().sum() / n_ok,
         "escort_weight/max": weights.double().max() if weights.numel() else torch.zeros((), dtype=torch.float64),
         "escort_weight/ess": (ess * has_data).sum() / has_data.sum().clamp(min=1),
+        "escort_weight/clipped_frac": (clipped & ok).double().sum() / n_ok,
         "drive/abs_mean": drive.double().abs().sum() / n_ok,
         # The exact update 1 + g/mu stays a probability ratio only when g >= -mu.
         "positivity_violations": ((drive < -mu) & ok).double().sum() / n_ok,
@@ -198,10 +286,29 @@ def escort_statistics(
     }
     if valid is not None:
         stats["unscorable_frac"] = 1.0 - valid.double().mean()
-    if clipped is not None:
-        stats["escort_weight/clipped_frac"] = (clipped & ok).double().sum() / n_ok
+    return _to_floats(stats)
+
+
+def ratio_statistics(delta: torch.Tensor, drive: torch.Tensor, mu: float) -> dict[str, float]:
+    """
+    Diagnostics of the sequence log-ratios of a micro-batch (all processes): mean and largest |Delta|, the chi-square
+    estimate `mean((exp(Delta) - 1)^2)` (the dissipation term, whatever `ratio_form`) and the equilibrium gap
+    `mean |mu * Delta - g|` (how far from the closed-form step `Delta = g / mu`). One host sync.
+    """
+    delta, drive = delta.detach().float(), drive.detach().float()
+    return _to_floats(
+        {
+            "delta/mean": delta.mean(),
+            "delta/abs_max": delta.abs().max(),
+            "chi2": torch.expm1(delta.clamp(max=MAX_EXACT_LOG_RATIO)).pow(2).mean(),
+            "equilibrium_gap": (mu * delta - drive).abs().mean(),
+        }
+    )
+
+
+def _to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
     values = torch.stack([v.to(torch.float64).cpu() for v in stats.values()]).tolist()
-    return dict(zip(stats, values))
+    return dict(zip(stats, values, strict=True))
 
 
 def _nanstd(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:

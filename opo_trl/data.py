@@ -8,7 +8,6 @@ string `answer` that [`~rewards.accuracy_reward`] checks completions against.
 """
 
 import difflib
-import inspect
 import logging
 import random
 from collections.abc import Iterable, Sequence
@@ -105,79 +104,6 @@ def make_arithmetic_dataset(
             "test": Dataset.from_dict({k: v[num_train:] for k, v in rows.items()}, features=FEATURES),
         }
     )
-
-
-# Keyword arguments `GRPOTrainer` passes to every reward function on top of the dataset columns.
-REWARD_KWARGS = (
-    "prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "environments"
-)
-
-
-def validate_dataset(dataset, reward_funcs, split_name: str, require_prompt: bool = True) -> None:
-    """
-    Fail before training, and before any model loads, when a dataset cannot feed the trainer or its reward functions.
-
-    Without this check an empty dataset or a missing column only surfaces as a `KeyError` deep inside the first
-    generation step, after the model has loaded.
-
-    Args:
-        dataset (`Dataset`, `IterableDataset`, `dict` or `None`):
-            The dataset to check. `None` passes; a `dict` (e.g. a `DatasetDict` of eval splits) is checked split by
-            split. A dataset whose columns or length are unknown without reading it (a streaming `IterableDataset`)
-            is only checked as far as it can be.
-        reward_funcs (callable, `str` or list of them):
-            The reward functions. Every parameter a callable requires must be a column of the dataset or one of the
-            arguments the trainer passes itself (`prompts`, `completions`, ...). Strings (reward model ids) and
-            `torch.nn.Module`s take tokenized text, not columns, and are skipped.
-        split_name (`str`):
-            Name of the split for the error message, e.g. `"train"`.
-        require_prompt (`bool`, *optional*, defaults to `True`):
-            Whether a `prompt` column is required. `False` when an `environment_factory` supplies the prompts.
-
-    Raises:
-        ValueError: If the dataset is empty, has no `prompt` column, or lacks a column a reward function needs.
-    """
-    if dataset is None:
-        return
-    if isinstance(dataset, dict):
-        for name, split in dataset.items():
-            validate_dataset(split, reward_funcs, f"{split_name} ({name})", require_prompt)
-        return
-    if hasattr(dataset, "__len__") and len(dataset) == 0:
-        raise ValueError(f"The {split_name} dataset is empty.")
-    if getattr(dataset, "column_names", None) is None:
-        return
-    columns = set(dataset.column_names)
-    if require_prompt and "prompt" not in columns:
-        raise ValueError(f"The {split_name} dataset has no 'prompt' column (columns: {sorted(columns)}).")
-    provided = columns | set(REWARD_KWARGS)
-    if reward_funcs is None:
-        reward_funcs = []
-    elif not isinstance(reward_funcs, (list, tuple)):
-        reward_funcs = [reward_funcs]
-    for func in reward_funcs:
-        if not callable(func) or _is_module(func):
-            continue
-        try:
-            parameters = inspect.signature(func).parameters
-        except (TypeError, ValueError):  # builtins and some C callables have no inspectable signature
-            continue
-        for name, param in parameters.items():
-            required = param.default is inspect.Parameter.empty and param.kind in (
-                inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                inspect.Parameter.KEYWORD_ONLY,
-            )
-            if required and name not in provided:
-                raise ValueError(
-                    f"Reward function '{getattr(func, '__name__', func)}' needs a '{name}' column, which the "
-                    f"{split_name} dataset lacks (columns: {sorted(columns)})."
-                )
-
-
-def _is_module(obj) -> bool:
-    import torch
-
-    return isinstance(obj, torch.nn.Module)
 
 
 def _check_columns(dataset: Dataset, required: Iterable[str], name: str) -> None:
@@ -291,34 +217,103 @@ def load_math(
     )
 
 
-DATASETS = ("arithmetic", "gsm8k", "math")
+REASONING_GYM_PREFIX = "reasoning_gym/"
+# Split offsets of the generator seed: train, validation and test come from different seeds, then are de-duplicated.
+_GYM_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
 
 
-def load_dataset_by_name(name: str, split: str, **kwargs) -> Dataset:
-    """
-    Load one split of a dataset of this module by name.
+def load_reasoning_gym(
+    task: str,
+    sizes: dict[str, int],
+    seed: int = 0,
+    options: dict | None = None,
+    system_prompt: str | None = None,
+) -> DatasetDict:
+    r"""
+    Problems of a [reasoning-gym](https://github.com/open-thought/reasoning-gym) task as `prompt` / `answer` rows.
+
+    Each split is generated with its own seed (`1000 * seed + k`, k = 0, 1, 2 for train, validation, test), and a
+    problem whose question already appears in an earlier split (test before validation before train) is dropped and
+    replaced by a fresh one, so the splits are disjoint by construction and checked. Every row also carries the task
+    name (`rg_task`) and the generator's entry as JSON (`rg_entry`), which [`~rewards.reasoning_gym_reward`] hands to
+    the task's own `score_answer`.
 
     Args:
-        name (`str`):
-            One of `"arithmetic"` ([`make_arithmetic_dataset`], splits `"train"` and `"test"`), `"gsm8k"`
-            ([`load_gsm8k`]) or `"math"` ([`load_math`]).
-        split (`str`):
-            Split to return.
-        **kwargs:
-            Passed to the loader, e.g. `num_train` and `num_eval` for `"arithmetic"`, `levels` for `"math"`.
+        task (`str`):
+            A registered reasoning-gym task, e.g. `"chain_sum"`, `"basic_arithmetic"`, `"leg_counting"`.
+        sizes (`dict[str, int]`):
+            Number of problems per split, e.g. `{"train": 2000, "validation": 256, "test": 256}`; a split with size 0
+            is left out.
+        seed (`int`, *optional*, defaults to `0`):
+            Data seed.
+        options (`dict`, *optional*):
+            Options of the task's config, e.g. `{"min_terms": 2, "max_terms": 3}` for `chain_sum`.
+        system_prompt (`str`, *optional*):
+            If given, a system message placed before each question.
 
     Returns:
-        `Dataset`: Columns `prompt` (conversational) and `answer` (string).
+        `DatasetDict`: The requested splits, with columns `prompt`, `answer`, `rg_task` and `rg_entry`.
 
     Raises:
-        ValueError: If the name or split is unknown.
+        ImportError: If reasoning-gym is not installed (`pip install opo-trl[gym]`).
+        ValueError: On an unknown task (with the closest name), a bad option, or a task that cannot produce enough
+            distinct problems.
     """
-    if name == "arithmetic":
-        return _select_split(make_arithmetic_dataset(**kwargs), split)
-    if name == "gsm8k":
-        return load_gsm8k(split=split, **kwargs)
-    if name == "math":
-        return load_math(split=split, **kwargs)
-    message = f"Unknown dataset {name!r}; available datasets are {list(DATASETS)}."
-    close = difflib.get_close_matches(name, DATASETS, n=1)
-    raise ValueError(message + (f" Did you mean {close[0]!r}?" if close else ""))
+    import json
+
+    try:
+        import reasoning_gym
+        from reasoning_gym.factory import DATASETS as GYM_TASKS
+    except ImportError as e:
+        raise ImportError("reasoning-gym tasks need the `reasoning-gym` package: pip install 'opo-trl[gym]'") from e
+    if task not in GYM_TASKS:
+        close = difflib.get_close_matches(task, list(GYM_TASKS), n=1)
+        hint = f" Did you mean {REASONING_GYM_PREFIX}{close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown reasoning-gym task {task!r}.{hint} ({len(GYM_TASKS)} tasks are registered.)")
+    options = dict(options or {})
+    unknown = set(options) - set(GYM_TASKS[task][1].__dataclass_fields__) | ({"seed", "size"} & set(options))
+    if unknown:
+        allowed = sorted(set(GYM_TASKS[task][1].__dataclass_fields__) - {"seed", "size"})
+        raise ValueError(f"Unknown option(s) {sorted(unknown)} of reasoning-gym task {task!r}; options are {allowed}.")
+
+    seen: set[str] = set()
+    splits = {}
+    # Test first: it is the split whose problems must never leak into training.
+    for split in sorted(sizes, key=lambda s: -_GYM_SPLIT_SEEDS.get(s, -1)):
+        if split not in _GYM_SPLIT_SEEDS:
+            raise ValueError(f"Unknown split {split!r}; reasoning-gym splits are {list(_GYM_SPLIT_SEEDS)}.")
+        size = sizes[split]
+        if size <= 0:
+            continue
+        rows = {"prompt": [], "answer": [], "rg_task": [], "rg_entry": []}
+        # Ask for more than needed: the duplicates of other splits (and of this one) are skipped.
+        generated = reasoning_gym.create_dataset(
+            task, size=2 * size + 16, seed=1000 * seed + _GYM_SPLIT_SEEDS[split], **options
+        )
+        for entry in generated:
+            if len(rows["prompt"]) == size:
+                break
+            question = entry["question"]
+            if question in seen:
+                continue
+            seen.add(question)
+            rows["prompt"].append(_prompt(f"{question}\n{ANSWER_INSTRUCTION}", system_prompt))
+            rows["answer"].append(str(entry["answer"]))
+            rows["rg_task"].append(task)
+            rows["rg_entry"].append(json.dumps(entry, default=_json_default))
+        if len(rows["prompt"]) < size:
+            raise ValueError(
+                f"reasoning-gym task {task!r} with options {options} gave only {len(rows['prompt'])} distinct problems "
+                f"for the {split} split (asked for {size}); widen its options or ask for fewer."
+            )
+        splits[split] = Dataset.from_dict(rows)
+    return DatasetDict({split: splits[split] for split in _GYM_SPLIT_SEEDS if split in splits})
+
+
+def _json_default(value):
+    # Entries' metadata hold tuples, sets and the odd numpy scalar; JSON keeps what score_answer reads.
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

@@ -1,79 +1,134 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
-"""Held-out evaluation: sampled accuracy of a policy on prompts it was not trained on."""
+"""Held-out evaluation: how often a policy answers prompts it was not trained on, problem by problem."""
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
 
 
+@dataclass
+class HeldoutResult:
+    """
+    Per-problem outcomes of a held-out evaluation (1.0 correct, 0.0 not), kept so that confidence intervals and paired
+    differences can be computed over problems later.
+
+    Args:
+        sampled (`list[list[float]]`):
+            For each problem, one outcome per sample drawn at the sampling temperature.
+        greedy (`list[float]`, *optional*):
+            For each problem, the outcome of greedy decoding, if it was measured.
+    """
+
+    sampled: list[list[float]]
+    greedy: list[float] | None = field(default=None)
+
+    @property
+    def pass_at_1(self) -> float:
+        """Mean over problems of the fraction of correct samples (pass@1 estimated with every sample)."""
+        per_problem = [sum(s) / len(s) for s in self.sampled if s]
+        return sum(per_problem) / max(len(per_problem), 1)
+
+    @property
+    def greedy_accuracy(self) -> float | None:
+        return None if self.greedy is None else sum(self.greedy) / max(len(self.greedy), 1)
+
+
 @torch.no_grad()
-def sampled_accuracy(
+def evaluate_heldout(
     model,
     tokenizer,
     dataset: Dataset,
     reward_func: Callable,
+    num_samples: int = 1,
+    greedy: bool = False,
     max_new_tokens: int = 64,
     temperature: float = 1.0,
     batch_size: int = 32,
     seed: int = 0,
     desc: str = "held-out eval",
     disable_progress: bool = False,
-) -> float:
+) -> HeldoutResult:
     """
-    Fraction of `dataset` prompts whose one sampled completion `reward_func` scores 1.
+    Sample `num_samples` completions per prompt of `dataset` (and, with `greedy`, one greedy completion) and score each
+    with `reward_func`; a completion counts as correct when its reward is at least 1.
 
-    Sampling (not greedy decoding) at the training temperature measures the policy RL actually optimises. The seed
-    fixes the sampling, so a before/after comparison on the same model differs only in the weights.
+    Sampling at the training temperature measures the policy RL actually optimises; greedy decoding measures its mode.
+    The seed fixes the sampling, so a before/after comparison on the same model differs only in the weights, and the
+    global torch RNG is restored afterwards, so evaluating does not change the training run's randomness.
 
     Args:
         model: A causal LM (a PEFT model works too).
         tokenizer: Its tokenizer; prompts in conversational format go through its chat template.
         dataset (`Dataset`): Rows with a `prompt` column and whatever columns `reward_func` reads (e.g. `answer`).
         reward_func (`Callable`): A TRL reward function.
+        num_samples (`int`, *optional*, defaults to `1`): Sampled completions per prompt.
+        greedy (`bool`, *optional*, defaults to `False`): Also decode one greedy completion per prompt.
         max_new_tokens (`int`, *optional*, defaults to `64`): Completion budget.
         temperature (`float`, *optional*, defaults to `1.0`): Sampling temperature.
-        batch_size (`int`, *optional*, defaults to `32`): Prompts per `generate` call.
+        batch_size (`int`, *optional*, defaults to `32`): Sequences per `generate` call.
         seed (`int`, *optional*, defaults to `0`): Seed of the sampling.
 
     Returns:
-        `float`: Accuracy in [0, 1]; a `None` reward counts as wrong.
+        [`HeldoutResult`]: Per-problem outcomes; `None` rewards count as wrong.
     """
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
     was_training = model.training
     model.eval()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    correct = 0
+    prompts_per_batch = max(1, batch_size // num_samples)
+    sampled: list[list[float]] = []
+    greedy_outcomes: list[float] | None = [] if greedy else None
     try:
-        for start in tqdm(range(0, len(dataset), batch_size), desc=desc, disable=disable_progress):
-            rows = dataset[start : start + batch_size]
-            prompts = rows["prompt"]
-            conversational = isinstance(prompts[0], list)
-            texts = (
-                [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-                if conversational
-                else prompts
-            )
-            encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not conversational)
-            encoded = encoded.to(model.device)
-            generated = model.generate(
-                **encoded,
-                do_sample=True,
-                temperature=temperature,
-                top_p=1.0,
-                top_k=0,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-            decoded = tokenizer.batch_decode(generated[:, encoded["input_ids"].size(1) :], skip_special_tokens=True)
-            completions = [[{"role": "assistant", "content": d}] for d in decoded] if conversational else decoded
-            extra = {k: v for k, v in rows.items() if k != "prompt"}
-            rewards = reward_func(completions=completions, prompts=prompts, **extra)
-            correct += sum(1 for r in rewards if r is not None and r >= 1.0)
+        for start in tqdm(range(0, len(dataset), prompts_per_batch), desc=desc, disable=disable_progress):
+            rows = dataset[start : start + prompts_per_batch]
+            encoded, conversational = _encode(tokenizer, rows["prompt"], model.device)
+            outcomes = _score(
+                model, tokenizer, rows, encoded, conversational, reward_func, max_new_tokens,
+                dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=num_samples),
+            )  # fmt: skip
+            sampled += [outcomes[i : i + num_samples] for i in range(0, len(outcomes), num_samples)]
+            if greedy:
+                greedy_outcomes += _score(
+                    model, tokenizer, rows, encoded, conversational, reward_func, max_new_tokens, dict(do_sample=False)
+                )
     finally:
         tokenizer.padding_side = padding_side
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
-    return correct / max(len(dataset), 1)
+    return HeldoutResult(sampled=sampled, greedy=greedy_outcomes)
+
+
+def sampled_accuracy(model, tokenizer, dataset: Dataset, reward_func: Callable, **kwargs) -> float:
+    """Fraction of `dataset` prompts whose one sampled completion is correct; see [`evaluate_heldout`]."""
+    return evaluate_heldout(model, tokenizer, dataset, reward_func, **kwargs).pass_at_1
+
+
+def _encode(tokenizer, prompts, device):
+    conversational = isinstance(prompts[0], list)
+    texts = (
+        [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+        if conversational
+        else prompts
+    )
+    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not conversational)
+    return encoded.to(device), conversational
+
+
+def _score(model, tokenizer, rows, encoded, conversational, reward_func, max_new_tokens, generation_kwargs):
+    generated = model.generate(
+        **encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generation_kwargs
+    )
+    decoded = tokenizer.batch_decode(generated[:, encoded["input_ids"].size(1) :], skip_special_tokens=True)
+    repeats = len(decoded) // len(rows["prompt"])
+    completions = [[{"role": "assistant", "content": d}] for d in decoded] if conversational else decoded
+    # Completions come prompt by prompt: repeat each row's columns once per completion.
+    columns = {k: [v for v in values for _ in range(repeats)] for k, values in rows.items()}
+    prompts = columns.pop("prompt")
+    rewards = reward_func(completions=completions, prompts=prompts, **columns)
+    return [1.0 if r is not None and r >= 1.0 else 0.0 for r in rewards]

@@ -244,10 +244,57 @@ def format_reward(completions: list, **kwargs) -> list[float]:
     return [float(bool(extract_boxed(_completion_text(completion)))) for completion in completions]
 
 
-REWARD_FUNCTIONS: dict[str, Callable] = {"accuracy": accuracy_reward, "format": format_reward}
+@functools.cache
+def _gym_scorer(task: str) -> Callable:
+    import reasoning_gym
+
+    return reasoning_gym.get_score_answer_fn(task)
+
+
+def reasoning_gym_reward(completions: list, rg_task: list[str], rg_entry: list[str], **kwargs) -> list[float]:
+    r"""
+    Score completions of [reasoning-gym](https://github.com/open-thought/reasoning-gym) problems with the task's own
+    verifier, `score_answer(answer, entry)`.
+
+    The answer handed to the verifier is the one [`extract_answer`] finds (the last `\boxed{...}`, else the last
+    number); reasoning-gym decides whether it is right, and may give partial credit (e.g. `countdown` gives 0.01 for
+    a well-formed wrong expression).
+
+    Args:
+        completions (`list[str]` or `list[list[dict[str, str]]]`):
+            Completions, as strings or as lists of messages.
+        rg_task (`list[str]`):
+            The task of each row (the dataset's `rg_task` column, see [`~data.load_reasoning_gym`]).
+        rg_entry (`list[str]`):
+            The generator's entry of each row as JSON (the `rg_entry` column).
+        **kwargs:
+            Other dataset columns and trainer arguments; unused.
+
+    Returns:
+        `list[float]`: The verifier's score per completion, in [0, 1].
+    """
+    import json
+
+    rewards = []
+    for completion, task, entry in zip(completions, rg_task, rg_entry, strict=True):
+        answer = extract_answer(_completion_text(completion))
+        rewards.append(float(_gym_scorer(task)(answer, json.loads(entry))))
+    return rewards
+
+
+REWARD_FUNCTIONS: dict[str, Callable] = {
+    "accuracy": accuracy_reward,
+    "format": format_reward,
+    "reasoning_gym": reasoning_gym_reward,
+}
 
 # The names `trl grpo` recipes use resolve to TRL's own functions, so those recipes run unchanged.
-TRL_REWARD_NAMES = ("accuracy_reward", "reasoning_accuracy_reward", "think_format_reward", "get_soft_overlong_punishment")
+TRL_REWARD_NAMES = (
+    "accuracy_reward",
+    "reasoning_accuracy_reward",
+    "think_format_reward",
+    "get_soft_overlong_punishment",
+)
 
 
 def _trl_reward(name: str) -> Callable:

@@ -4,8 +4,8 @@ from trl import GRPOTrainer
 from trl.trainer.utils import get_config_model_id
 
 from .config import OPOConfig
-from .core import escort_drive, escort_statistics, opo_loss, sequence_log_ratio
-from .data import validate_dataset
+from .core import escort_drive, escort_statistics, opo_sequence_loss, ratio_statistics, sequence_importance_weight
+from .validation import validate_dataset
 
 
 class OPOTrainer(GRPOTrainer):
@@ -21,7 +21,7 @@ class OPOTrainer(GRPOTrainer):
       (`_compute_loss`).
 
     The math lives in `opo_trl.core`; this class only wires it into TRL. `train_dataset` and `eval_dataset` are
-    checked with [`~data.validate_dataset`] before the model loads.
+    checked with [`~validation.validate_dataset`] before the model loads.
 
     Example:
 
@@ -74,15 +74,13 @@ class OPOTrainer(GRPOTrainer):
         local_advantages = output["advantages"]
         advantages = self.accelerator.gather(local_advantages)
         scorable = ~torch.isnan(self._opo_rewards_per_func).all(dim=1)
-        drive, weights = escort_drive(
+        escort = escort_drive(
             advantages, num_generations, self.args.alpha, valid=scorable, max_exponent=self.args.max_escort_exponent
         )
         rank, n_local = self.accelerator.process_index, local_advantages.size(0)
-        output["advantages"] = drive[rank * n_local : (rank + 1) * n_local]
+        output["advantages"] = escort.drive[rank * n_local : (rank + 1) * n_local]
 
-        # The exponent cap only binds for advantages above max_escort_exponent / (1 - alpha): count how often.
-        clipped = (1.0 - self.args.alpha) * advantages > self.args.max_escort_exponent
-        stats = escort_statistics(drive, weights, num_generations, self.args.mu, valid=scorable, clipped=clipped)
+        stats = escort_statistics(escort, num_generations, self.args.mu, valid=scorable)
         for name, value in stats.items():
             self._metrics[mode][f"opo/{name}"].append(value)
         return output
@@ -117,58 +115,47 @@ class OPOTrainer(GRPOTrainer):
         if old_per_token_logps is None:
             old_per_token_logps = per_token_logps.detach()
 
-        drive = inputs["advantages"]
-        delta = sequence_log_ratio(per_token_logps, old_per_token_logps, mask, self.args.log_ratio_aggregation)
-        per_sequence_loss = opo_loss(delta, drive, self.args.mu, self.args.ratio_form)
-
+        importance_weight = None
         if self.use_vllm and self.vllm_importance_sampling_correction:
-            per_sequence_loss = per_sequence_loss * _sequence_weight(inputs["importance_sampling_ratio"], mask)
-
-        if self.beta != 0.0:
-            ref_per_token_logps = inputs["ref_per_token_logps"]
-            per_token_kl = torch.exp(ref_per_token_logps - per_token_logps) - (ref_per_token_logps - per_token_logps) - 1
-            if self.args.use_bias_correction_kl:
-                per_token_kl = per_token_kl * torch.exp(per_token_logps - old_per_token_logps)
-            sequence_kl = (per_token_kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
-            per_sequence_loss = per_sequence_loss + self.beta * sequence_kl
+            importance_weight = sequence_importance_weight(inputs["importance_sampling_ratio"], mask)
+        out = opo_sequence_loss(
+            per_token_logps,
+            old_per_token_logps,
+            mask,
+            inputs["advantages"],
+            self.args.mu,
+            aggregation=self.args.log_ratio_aggregation,
+            ratio_form=self.args.ratio_form,
+            importance_weight=importance_weight,
+            ref_per_token_logps=inputs.get("ref_per_token_logps"),
+            beta=self.beta,
+            kl_ratio_correction=self.args.use_bias_correction_kl,
+        )
 
         mode = "train" if self.model.training else "eval"
         # TRL turns off the Trainer's own gradient-accumulation scaling (`loss_is_scaled_for_ga`), so scale here.
         normalizer = self.current_gradient_accumulation_steps if mode == "train" else 1.0
-        loss = per_sequence_loss.mean()
+        loss = out.loss.mean()
         policy_loss = loss.detach()
         loss = loss / normalizer
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather(aux_loss.detach()).mean().item())
 
-        self._log_loss_metrics(mode, mask, entropies, delta, drive, policy_loss, per_token_kl if self.beta else None)
+        self._log_loss_metrics(mode, mask, entropies, out, inputs["advantages"], policy_loss)
         return loss
 
-    def _log_loss_metrics(self, mode, mask, entropies, delta, drive, policy_loss, per_token_kl):
+    def _log_loss_metrics(self, mode, mask, entropies, out, drive, policy_loss):
         def global_masked_mean(x):
             totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
             return (totals[0] / totals[1].clamp(min=1.0)).item()
 
         metrics = self._metrics[mode]
         metrics["entropy"].append(global_masked_mean(entropies))
-        if per_token_kl is not None:
-            metrics["kl"].append(global_masked_mean(per_token_kl))
-
+        if out.kl is not None:
+            metrics["kl"].append(global_masked_mean(out.kl))
         # One value per sequence from every process: these are what the paper's claims are about.
-        delta, drive = self.accelerator.gather(torch.stack([delta.detach(), drive.detach()])).view(-1, 2, delta.size(0)).unbind(1)
-        delta, drive = delta.reshape(-1).float(), drive.reshape(-1).float()
-        metrics["opo/delta/mean"].append(delta.mean().item())
-        metrics["opo/delta/abs_max"].append(delta.abs().max().item())
-        metrics["opo/chi2"].append(torch.expm1(delta.clamp(max=20.0)).pow(2).mean().item())
-        metrics["opo/equilibrium_gap"].append((self.args.mu * delta - drive).abs().mean().item())
+        delta, drive = self.accelerator.gather(torch.stack([out.delta.detach(), drive.detach()], dim=1)).unbind(1)
+        for name, value in ratio_statistics(delta, drive, self.args.mu).items():
+            metrics[f"opo/{name}"].append(value)
         metrics["opo/policy_loss"].append(self.accelerator.gather(policy_loss).mean().item())
-
-
-def _sequence_weight(importance_sampling_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """TRL's vLLM importance-sampling correction as one detached weight per sequence."""
-    ratio = importance_sampling_ratio.detach()
-    if ratio.size(-1) == 1:  # sequence_* modes: already one ratio per sequence
-        return ratio.squeeze(-1)
-    # token_* modes: the masked mean of the (truncated or masked) token ratios
-    return (ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)

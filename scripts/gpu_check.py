@@ -36,9 +36,17 @@ def run_case(case, trainer_name, out):
     model_dir = Path(out) / "model-0.5b"
     if not (model_dir / "config.json").exists():
         torch.manual_seed(0)
-        config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=1280, intermediate_size=3456, num_hidden_layers=28,
-                             num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=2048,
-                             tie_word_embeddings=True, dtype="bfloat16")
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=1280,
+            intermediate_size=3456,
+            num_hidden_layers=28,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            dtype="bfloat16",
+        )
         model = AutoModelForCausalLM.from_config(config)
         print(f"[gpu_check] model parameters: {sum(p.numel() for p in model.parameters()) / 1e6:.0f} M", flush=True)
         model.save_pretrained(model_dir)
@@ -51,21 +59,40 @@ def run_case(case, trainer_name, out):
 
     config_cls, trainer_cls = (OPOConfig, OPOTrainer) if trainer_name == "opo" else (GRPOConfig, GRPOTrainer)
     args = config_cls(
-        output_dir=str(Path(out) / f"{case}-{trainer_name}"), bf16=True, report_to="none", save_strategy="no",
-        logging_steps=1, max_steps=STEPS, learning_rate=1e-6, per_device_train_batch_size=16, num_generations=8,
-        gradient_accumulation_steps=2, steps_per_generation=4, max_completion_length=256, gradient_checkpointing=True,
+        output_dir=str(Path(out) / f"{case}-{trainer_name}"),
+        bf16=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        max_steps=STEPS,
+        learning_rate=1e-6,
+        per_device_train_batch_size=16,
+        num_generations=8,
+        gradient_accumulation_steps=2,
+        steps_per_generation=4,
+        max_completion_length=256,
+        gradient_checkpointing=True,
         model_init_kwargs={"dtype": torch.bfloat16},
     )
-    peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM") if case == "lora" else None
-    trainer = trainer_cls(model=str(model_dir), reward_funcs=reward, args=args, train_dataset=dataset, peft_config=peft_config)
+    peft_config = (
+        LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM") if case == "lora" else None
+    )
+    trainer = trainer_cls(
+        model=str(model_dir), reward_funcs=reward, args=args, train_dataset=dataset, peft_config=peft_config
+    )
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
     step_times = [e["step_time"] for e in trainer.state.log_history if "step_time" in e][1:]  # drop the warm-up
     if trainer.accelerator.is_main_process:
-        result = {"case": case, "trainer": trainer_name, "median_step_s": statistics.median(step_times),
-                  "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30, "wall_s": wall}
+        result = {
+            "case": case,
+            "trainer": trainer_name,
+            "median_step_s": statistics.median(step_times),
+            "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "wall_s": wall,
+        }
         print("[gpu_check] RESULT " + json.dumps(result), flush=True)
         Path(out, f"{case}-{trainer_name}.json").write_text(json.dumps(result))
 
@@ -83,7 +110,15 @@ def main():
     results = {}
     for case, accelerate_config in CASES.items():
         for trainer in ("grpo", "opo"):
-            launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--mixed_precision", "bf16"]
+            launcher = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--num_processes",
+                "1",
+                "--mixed_precision",
+                "bf16",
+            ]
             if accelerate_config:
                 launcher += ["--config_file", str(ROOT / "recipes" / "accelerate" / accelerate_config)]
             command = [*launcher, __file__, "--case", case, "--trainer", trainer, "--out", args.out]
@@ -94,12 +129,17 @@ def main():
 
     print("\n| case | trainer | median step (s) | peak GPU memory (GiB) |\n|---|---|---|---|")
     for (case, trainer), r in results.items():
-        print(f"| {case} | {trainer} | " + (f"{r['median_step_s']:.2f} | {r['peak_gpu_gib']:.2f} |" if r else "FAILED | |"))
+        print(
+            f"| {case} | {trainer} | "
+            + (f"{r['median_step_s']:.2f} | {r['peak_gpu_gib']:.2f} |" if r else "FAILED | |")
+        )
     print("\n| case | OPO/GRPO step time | OPO/GRPO peak memory |\n|---|---|---|")
     for case in CASES:
         opo, grpo = results[case, "opo"], results[case, "grpo"]
         if opo and grpo:
-            print(f"| {case} | {opo['median_step_s'] / grpo['median_step_s']:.3f} | {opo['peak_gpu_gib'] / grpo['peak_gpu_gib']:.3f} |")
+            print(
+                f"| {case} | {opo['median_step_s'] / grpo['median_step_s']:.3f} | {opo['peak_gpu_gib'] / grpo['peak_gpu_gib']:.3f} |"
+            )
     return 0 if all(results.values()) else 1
 
 

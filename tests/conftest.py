@@ -1,6 +1,10 @@
+"""Fixtures and helpers shared by the test modules: a tiny model, datasets, rewards, trainers and recipes."""
+
 import os
 
 import pytest
+import torch
+import yaml
 from datasets import Dataset
 
 from opo_trl.testing import save_tiny_model
@@ -54,12 +58,70 @@ def make_trainer(tmp_path, model, dataset, reward_funcs=None, peft_config=None, 
     from opo_trl import OPOConfig, OPOTrainer
 
     args = OPOConfig(**cpu_config_kwargs(tmp_path, **overrides))
-    return OPOTrainer(model=model, reward_funcs=reward_funcs or distinct_chars_reward, args=args,
-                      train_dataset=dataset, peft_config=peft_config, callbacks=callbacks)
+    return OPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs or distinct_chars_reward,
+        args=args,
+        train_dataset=dataset,
+        peft_config=peft_config,
+        callbacks=callbacks,
+    )
 
 
 def snapshot(model):
     return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+def changed(before, model):
+    return {name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())}
+
+
+def logged(trainer):
+    """Every key logged during training."""
+    keys = set()
+    for entry in trainer.state.log_history:
+        keys |= set(entry)
+    return keys
+
+
+def hand_logps(model, prompt_ids, completion_ids):
+    """Log-probs of the completion tokens, computed directly from the model's logits."""
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
+    logits = logits[:, prompt_ids.size(1) - 1 : -1]  # the logit at t predicts token t + 1
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def write_recipe(tmp_path, recipe: dict, name="recipe.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def tiny_recipe(tmp_path, model_path, **overrides):
+    """An `opo-trl train` recipe that trains the tiny model on arithmetic in a few seconds."""
+    recipe = {
+        "model_name_or_path": model_path,
+        "dataset_name": "arithmetic",
+        "num_train_samples": 16,
+        "num_test_samples": 4,
+        "max_operand": 9,
+        "reward_funcs": ["accuracy", "format"],
+        "output_dir": str(tmp_path / "out"),
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "gradient_checkpointing": False,
+        "per_device_train_batch_size": 4,
+        "num_generations": 4,
+        "max_completion_length": 8,
+        "max_steps": 2,
+        "logging_steps": 1,
+        "learning_rate": 1e-3,
+    }
+    recipe.update(overrides)
+    return recipe
 
 
 def distinct_chars_reward(completions, **kwargs):
@@ -76,7 +138,11 @@ def digit_reward(completions, **kwargs):
 def failure_report(result, lines=60):
     """The part of a failed subprocess's output that explains it: tracebacks and error lines, not progress bars."""
     text = (result.stdout or "") + "\n" + (result.stderr or "")
-    keep = [line for line in text.splitlines() if "Traceback" in line or "Error" in line or line.startswith(("  File", "[rank"))]
+    keep = [
+        line
+        for line in text.splitlines()
+        if "Traceback" in line or "Error" in line or line.startswith(("  File", "[rank"))
+    ]
     keep = [line for line in keep if "Warning" not in line]
     return f"exit code {result.returncode}\n" + "\n".join(keep[-lines:])
 
@@ -91,17 +157,7 @@ def free_port() -> int:
 
 
 def run_distributed(command, env, timeout=600):
-    """
-    Run a multi-process command; rerun it once if a child was killed by a signal.
-
-    On a loaded 2-core machine a gloo rank has been seen to die of SIGABRT ("Signal 6 (SIGABRT) received by PID")
-    in a fresh environment. An exception or a wrong result is not retried, and a second signal death fails the test.
-    """
+    """Run a multi-process command and capture its output."""
     import subprocess
-    import warnings
 
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    if result.returncode != 0 and "Signal " in (result.stdout or "") + (result.stderr or ""):
-        warnings.warn(f"a child process died of a signal; rerunning once:\n{failure_report(result)}")
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
-    return result
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,13 +1,16 @@
 """
-A slow training run that saves a checkpoint every step, for the SIGTERM test of `test_reliability.py`.
+A training run that saves a checkpoint every step, for the SIGTERM test of `test_checkpoints.py`.
 
     python -m tests.interruptible_run MODEL_PATH OUTPUT_DIR
 
-Run from the repository root. The reward function sleeps, so that each step is slow enough to be killed in the middle.
+Run from the repository root. At its `STOP_CALL`-th call the reward function writes `OUTPUT_DIR/reward-call-<n>` and
+then waits, so the test knows exactly where the run is when it sends the signal: in step n's reward computation, with
+the checkpoints of steps 1..n-1 complete.
 """
 
 import sys
 import time
+from pathlib import Path
 
 from datasets import Dataset
 
@@ -17,25 +20,33 @@ from .conftest import cpu_config_kwargs
 
 
 MAX_STEPS = 4
-REWARD_DELAY_S = 0.3
+STOP_CALL = 2
+# How long each reward call waits after writing its marker: long enough that the test's signal always lands in it.
+WAIT_S = 120.0
 
 
-def make_reward(delay_s: float):
+def make_reward(output_dir: str | None, wait_s: float):
+    calls = []
+
     def distinct_chars(completions, **kwargs):
-        time.sleep(delay_s)
+        calls.append(1)
+        if output_dir is not None and len(calls) == STOP_CALL:
+            Path(output_dir, f"reward-call-{len(calls)}").touch()
+            time.sleep(wait_s)
         return [float(len(set(c))) / 8 for c in completions]
 
     return distinct_chars
 
 
-def make_trainer(model_path: str, output_dir: str, reward_delay_s: float = REWARD_DELAY_S) -> OPOTrainer:
+def make_trainer(model_path: str, output_dir: str, marked: bool = True) -> OPOTrainer:
     args = OPOConfig(
         **cpu_config_kwargs(
             output_dir, max_steps=MAX_STEPS, max_completion_length=4, save_strategy="steps", save_steps=1
         )
     )
     dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(4) for b in range(4)]})
-    return OPOTrainer(model=model_path, reward_funcs=make_reward(reward_delay_s), args=args, train_dataset=dataset)
+    reward = make_reward(output_dir if marked else None, WAIT_S)
+    return OPOTrainer(model=model_path, reward_funcs=reward, args=args, train_dataset=dataset)
 
 
 if __name__ == "__main__":

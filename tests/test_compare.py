@@ -7,7 +7,7 @@ import yaml
 
 from opo_trl.compare import run_comparison
 
-from .test_cli import tiny_recipe
+from .conftest import tiny_recipe
 
 
 @pytest.mark.slow

@@ -40,7 +40,12 @@ def test_invalid_values_name_field_value_and_range(tmp_path, field, value, allow
 
 @pytest.mark.parametrize(
     "field, value",
-    [("top_entropy_quantile", 0.2), ("off_policy_mask_threshold", 0.5), ("entropy_coef", 0.01), ("use_adaptive_entropy", True)],
+    [
+        ("top_entropy_quantile", 0.2),
+        ("off_policy_mask_threshold", 0.5),
+        ("entropy_coef", 0.01),
+        ("use_adaptive_entropy", True),
+    ],
 )
 def test_objective_changing_grpo_options_are_rejected(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"{field}={value!r} is not supported by OPO"):
@@ -77,10 +82,13 @@ num_generations: 4
 per_device_train_batch_size: 4
 max_completion_length: 64
 """
-DAPO_YAML = GRPO_YAML.replace("loss_type: grpo", "loss_type: dapo").replace("scale_rewards: group", "scale_rewards: none") + (
-    "epsilon_high: 0.28\nmask_truncated_completions: true\n"
+DAPO_YAML = GRPO_YAML.replace("loss_type: grpo", "loss_type: dapo").replace(
+    "scale_rewards: group", "scale_rewards: none"
+) + ("epsilon_high: 0.28\nmask_truncated_completions: true\n")
+GSPO_YAML = (
+    GRPO_YAML.replace("epsilon: 0.2", "epsilon: 3.0e-4\nepsilon_high: 4.0e-4")
+    + "importance_sampling_level: sequence\n"
 )
-GSPO_YAML = GRPO_YAML.replace("epsilon: 0.2", "epsilon: 3.0e-4\nepsilon_high: 4.0e-4") + "importance_sampling_level: sequence\n"
 
 
 @pytest.mark.parametrize("recipe", [GRPO_YAML, DAPO_YAML, GSPO_YAML], ids=["grpo", "dapo", "gspo"])
@@ -92,7 +100,14 @@ def test_grpo_dapo_gspo_yaml_parse_into_opoconfig_unchanged(tmp_path, recipe):
         warnings.simplefilter("ignore")
         (opo_args,) = TrlParser((OPOConfig,)).parse_args_and_config(["--config", str(path)])
     assert isinstance(opo_args, OPOConfig)
-    for key in ("learning_rate", "epsilon", "epsilon_high", "num_generations", "mask_truncated_completions", "scale_rewards"):
+    for key in (
+        "learning_rate",
+        "epsilon",
+        "epsilon_high",
+        "num_generations",
+        "mask_truncated_completions",
+        "scale_rewards",
+    ):
         assert getattr(opo_args, key) == getattr(grpo_args, key), key
 
 
@@ -103,3 +118,24 @@ def test_cli_overrides_opo_fields(tmp_path):
         warnings.simplefilter("ignore")
         (args,) = TrlParser((OPOConfig,)).parse_args_and_config(["--config", str(path), "--mu", "4"])
     assert (args.alpha, args.mu) == (0.2, 4.0)
+
+
+def test_every_grpo_config_option_is_used_ignored_or_rejected():
+    """A TRL release that adds a GRPOConfig option fails here until the option is classified in opo_trl.config."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from opo_trl.config import IGNORED_GRPO_FIELDS, REJECTED_GRPO_FIELDS, USED_GRPO_FIELDS
+
+    grpo_own = {f.name for f in dataclasses.fields(GRPOConfig)} - {
+        f.name for f in dataclasses.fields(TrainingArguments)
+    }
+    tables = {"used": set(USED_GRPO_FIELDS), "ignored": set(IGNORED_GRPO_FIELDS),
+              "rejected": {name for name, _ in REJECTED_GRPO_FIELDS}}  # fmt: skip
+    for a in tables:
+        for b in tables:
+            assert a == b or not tables[a] & tables[b], f"{tables[a] & tables[b]} are both {a} and {b}"
+    classified = set().union(*tables.values())
+    assert not grpo_own - classified, f"GRPOConfig options OPO does not classify yet: {sorted(grpo_own - classified)}"
+    assert not classified - grpo_own, f"classified options GRPOConfig no longer has: {sorted(classified - grpo_own)}"

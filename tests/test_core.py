@@ -1,4 +1,4 @@
-"""The identities of OPO_SPEC, each checked on small tensors against values worked out by hand."""
+"""The identities of the OPO objective, each checked on small tensors against values worked out by hand."""
 
 import math
 
@@ -12,7 +12,7 @@ from opo_trl.core import escort_drive, escort_statistics, group_advantages, opo_
 
 def drive_from_rewards(rewards, num_generations, alpha, scale_rewards="none"):
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
-    return escort_drive(group_advantages(rewards, num_generations, scale_rewards), num_generations, alpha)[0]
+    return escort_drive(group_advantages(rewards, num_generations, scale_rewards), num_generations, alpha).drive
 
 
 def test_escort_drive_matches_hand_computation():
@@ -27,7 +27,11 @@ def test_group_advantages_scalings_match_hand_values():
     centred = group_advantages(rewards, 3, "none")
     torch.testing.assert_close(centred, torch.tensor([-1.0, 0.0, 1.0, -1.0, -1.0, 2.0]))
     grouped = group_advantages(rewards, 3, "group")
-    torch.testing.assert_close(grouped, torch.tensor([-1.0, 0.0, 1.0, -1 / math.sqrt(3), -1 / math.sqrt(3), 2 / math.sqrt(3)]) * torch.tensor([1 / 1.0001] * 3 + [math.sqrt(3) / (math.sqrt(3) + 1e-4)] * 3))
+    torch.testing.assert_close(
+        grouped,
+        torch.tensor([-1.0, 0.0, 1.0, -1 / math.sqrt(3), -1 / math.sqrt(3), 2 / math.sqrt(3)])
+        * torch.tensor([1 / 1.0001] * 3 + [math.sqrt(3) / (math.sqrt(3) + 1e-4)] * 3),
+    )
     batch_std = rewards.std().item()
     torch.testing.assert_close(group_advantages(rewards, 3, "batch"), centred / (batch_std + 1e-4))
 
@@ -117,7 +121,7 @@ def test_alpha_to_one_gives_no_update():
 
 def test_small_exponent_drive_is_linear_in_advantage():
     a = torch.tensor([0.01, -0.02, 0.01, 0.0])
-    g, _ = escort_drive(a, 4, alpha=0.4)
+    g = escort_drive(a, 4, alpha=0.4).drive
     # The error is second order: (1 - alpha)^2 / 2 * (A^2 - mean A^2), at most 0.18 * 4e-4 here.
     torch.testing.assert_close(g, 0.6 * a, atol=8e-5, rtol=0)
     assert (g - 0.6 * a).abs().max() > 1e-6  # and it is the exp, not a linear map
@@ -150,8 +154,8 @@ def test_unscored_completions_get_no_drive_and_stay_out_of_the_mean():
 
 
 def test_escort_statistics_hand_values():
-    g, w = escort_drive(torch.tensor([0.5, -0.5, 0.0, 0.0]), 2, alpha=0.0)
-    stats = escort_statistics(g, w, 2, mu=0.1)
+    escort = escort_drive(torch.tensor([0.5, -0.5, 0.0, 0.0]), 2, alpha=0.0)
+    stats = escort_statistics(escort, 2, mu=0.1)
     e = math.exp(0.5)
     assert stats["escort_weight/max"] == pytest.approx(e, rel=1e-6)
     assert stats["escort_weight/mean"] == pytest.approx((e + 1 / e + 2) / 4, rel=1e-6)
@@ -161,9 +165,7 @@ def test_escort_statistics_hand_values():
     assert stats["positivity_violations"] == pytest.approx(0.25)
 
 
-finite_rewards = st.lists(
-    st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32), min_size=8, max_size=8
-)
+finite_rewards = st.lists(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, width=32), min_size=8, max_size=8)
 
 
 @settings(max_examples=60, deadline=None)
@@ -202,7 +204,7 @@ rewards_with_missing = st.lists(
 
 def drive64(rewards, alpha):
     # float64 end to end, so that the tolerances below measure the algorithm, not float32 rounding.
-    return escort_drive(group_advantages(rewards, 4, "none"), 4, alpha)[0]
+    return escort_drive(group_advantages(rewards, 4, "none"), 4, alpha).drive
 
 
 @settings(max_examples=60, deadline=None)

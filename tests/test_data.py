@@ -5,8 +5,8 @@ import re
 import pytest
 from datasets import Dataset, DatasetDict
 
-from opo_trl.data import load_dataset_by_name, load_gsm8k, load_math, make_arithmetic_dataset
-from opo_trl.rewards import accuracy_reward
+from opo_trl.data import load_gsm8k, load_math, load_reasoning_gym, make_arithmetic_dataset
+from opo_trl.rewards import accuracy_reward, reasoning_gym_reward
 
 
 PROBLEM_RE = re.compile(r"What is (\(?-?\d+\)?) ([-+*]) (\(?-?\d+\)?)\? Put the final answer in \\boxed\{\}\.")
@@ -136,12 +136,50 @@ def test_math_missing_columns():
         load_math(levels=[3], dataset=without_level)
 
 
-def test_load_dataset_by_name():
-    test = load_dataset_by_name("arithmetic", "test", num_train=4, num_eval=2, seed=3)
-    assert test.to_list() == make_arithmetic_dataset(4, 2, seed=3)["test"].to_list()
-    assert load_dataset_by_name("gsm8k", "train", dataset=GSM8K)["answer"] == ["7", "1500"]
-    assert load_dataset_by_name("math", "train", levels=[1], dataset=MATH)["answer"] == ["2"]
-    with pytest.raises(ValueError, match="Split 'validation' not found"):
-        load_dataset_by_name("arithmetic", "validation", num_train=1, num_eval=1)
-    with pytest.raises(ValueError, match=r"Unknown dataset 'gsm8'.*Did you mean 'gsm8k'\?"):
-        load_dataset_by_name("gsm8", "train")
+# -- reasoning-gym ---------------------------------------------------------------------------------------------------
+
+CHAIN_SUM = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+
+
+def test_reasoning_gym_splits_are_disjoint_seeded_and_scored_by_the_task():
+    pytest.importorskip("reasoning_gym")
+    sizes = {"train": 40, "validation": 10, "test": 10}
+    data = load_reasoning_gym("chain_sum", sizes, seed=0, options=CHAIN_SUM)
+    assert {split: len(rows) for split, rows in data.items()} == sizes
+    questions = {split: {p[-1]["content"] for p in rows["prompt"]} for split, rows in data.items()}
+    # 1-digit sums of two terms: only 100 distinct problems, so overlaps between seeds are certain and were dropped.
+    assert not (questions["train"] & questions["test"]) and not (questions["validation"] & questions["test"])
+    assert not questions["train"] & questions["validation"]
+    assert all(len(q) == len(data[s]) for s, q in questions.items())  # no duplicates within a split
+    assert (
+        load_reasoning_gym("chain_sum", sizes, seed=0, options=CHAIN_SUM)["test"].to_list() == data["test"].to_list()
+    )
+    assert (
+        load_reasoning_gym("chain_sum", sizes, seed=1, options=CHAIN_SUM)["test"]["prompt"] != data["test"]["prompt"]
+    )
+
+    test = data["test"]
+    assert test.column_names == ["prompt", "answer", "rg_task", "rg_entry"]
+    row = test[0]
+    a, b = (int(x) for x in row["prompt"][-1]["content"].split("=")[0].split(":")[-1].split("+"))
+    assert row["answer"] == str(a + b) and row["prompt"][-1]["content"].endswith("Put the final answer in \\boxed{}.")
+    right = [f"So the sum is \\boxed{{{answer}}}." for answer in test["answer"]]
+    wrong = [f"\\boxed{{{int(answer) + 1}}}" for answer in test["answer"]]
+    columns = {"rg_task": test["rg_task"], "rg_entry": test["rg_entry"]}
+    assert reasoning_gym_reward(right, **columns) == [1.0] * 10
+    assert reasoning_gym_reward(wrong, **columns) == [0.0] * 10
+    # Conversational completions and the last-number fallback reach the same verifier.
+    spoken = [[{"role": "assistant", "content": f"It is {answer}"}] for answer in test["answer"]]
+    assert reasoning_gym_reward(spoken, **columns) == [1.0] * 10
+
+
+def test_reasoning_gym_errors():
+    pytest.importorskip("reasoning_gym")
+    with pytest.raises(ValueError, match=r"Unknown reasoning-gym task 'chain_summ'.*Did you mean.*'chain_sum'"):
+        load_reasoning_gym("chain_summ", {"test": 4})
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['max_term'\].*'max_terms'"):
+        load_reasoning_gym("chain_sum", {"test": 4}, options={"max_term": 3})
+    with pytest.raises(ValueError, match="gave only .* distinct problems"):
+        load_reasoning_gym("chain_sum", {"train": 190, "test": 30}, options=CHAIN_SUM)  # 200 exist
+    with pytest.raises(ValueError, match="Unknown split 'dev'"):
+        load_reasoning_gym("chain_sum", {"dev": 4}, options=CHAIN_SUM)

@@ -11,11 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from opo_trl.cli import RECIPES_DIR
+from opo_trl.arguments import RECIPES_DIR
 
-from .conftest import failure_report, free_port, run_distributed
-
-from .test_cli import tiny_recipe
+from .conftest import failure_report, free_port, run_distributed, tiny_recipe
 
 
 pytest.importorskip("deepspeed")
@@ -26,11 +24,33 @@ LORA = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_targ
 def launch(tmp_path, model_path, stage, extra=()):
     out = tmp_path / f"zero{stage}{'-lora' if extra else ''}"
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, model_path, reward_funcs=["tests.conftest.distinct_chars_reward"], output_dir=str(out))))
+    recipe.write_text(
+        yaml.safe_dump(
+            tiny_recipe(
+                tmp_path, model_path, reward_funcs=["tests.conftest.distinct_chars_reward"], output_dir=str(out)
+            )
+        )
+    )
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(RECIPES_DIR / "accelerate" / f"zero{stage}.yaml"),
-        "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
-        "-m", "opo_trl.cli", "train", "--config", str(recipe), "--use_cpu", "true", *extra,
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(RECIPES_DIR / "accelerate" / f"zero{stage}.yaml"),
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "opo_trl.cli",
+        "train",
+        "--config",
+        str(recipe),
+        "--use_cpu",
+        "true",
+        *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     result = run_distributed(command, env)

@@ -16,9 +16,24 @@ SCRIPT = Path(__file__).parent / "distributed" / "equivalence.py"
 
 def run(nproc, out_dir, model_dir):
     out_dir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(SCRIPT.parents[2])}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(free_port()), str(SCRIPT), str(out_dir), model_dir]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(SCRIPT.parents[2]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        str(SCRIPT),
+        str(out_dir),
+        model_dir,
+    ]
     result = run_distributed(command, env)
     assert result.returncode == 0, failure_report(result)
     return json.loads((out_dir / "result.json").read_text())

@@ -8,16 +8,20 @@ from transformers import AutoModelForCausalLM
 
 from opo_trl import OPOConfig, OPOTrainer
 
-from .conftest import cpu_config_kwargs, distinct_chars_reward
-from .test_trainer import hand_logps
+from .conftest import cpu_config_kwargs, distinct_chars_reward, hand_logps
 
 
 @pytest.mark.slow
 def test_lora_adapter_saves_reloads_and_serves_as_reference_base(tmp_path, tiny_model_path, prompt_dataset):
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
     args = OPOConfig(**cpu_config_kwargs(tmp_path / "run", beta=0.2, max_steps=3))
-    trainer = OPOTrainer(model=tiny_model_path, reward_funcs=distinct_chars_reward, args=args,
-                         train_dataset=prompt_dataset, peft_config=lora)
+    trainer = OPOTrainer(
+        model=tiny_model_path,
+        reward_funcs=distinct_chars_reward,
+        args=args,
+        train_dataset=prompt_dataset,
+        peft_config=lora,
+    )
     assert trainer.ref_model is None  # the reference comes from disabling the adapters
     trainer.train()
     assert "kl" in {k for e in trainer.state.log_history for k in e}

@@ -165,6 +165,7 @@ def test_registry():
     assert {name: func.__name__ for name, func in REWARD_FUNCTIONS.items()} == {
         "accuracy": "accuracy_reward",
         "format": "format_reward",
+        "reasoning_gym": "reasoning_gym_reward",
     }
 
 

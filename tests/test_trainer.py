@@ -6,27 +6,26 @@ import math
 import pytest
 import torch
 import yaml
+from datasets import Dataset
 from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer
 
 from opo_trl import OPOConfig, OPOTrainer
 from opo_trl.core import escort_drive, group_advantages
 
-from .conftest import cpu_config_kwargs, digit_reward, distinct_chars_reward, make_trainer, snapshot
-
-
-def changed(before, model):
-    return {name for name, p in model.named_parameters() if not torch.equal(before[name], p.detach())}
+from .conftest import (
+    changed,
+    cpu_config_kwargs,
+    digit_reward,
+    distinct_chars_reward,
+    hand_logps,
+    logged,
+    make_trainer,
+    snapshot,
+)
 
 
 # -- the loss, by hand -------------------------------------------------------------------------------------------
-
-
-def hand_logps(model, prompt_ids, completion_ids):
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids)).logits
-    logits = logits[:, prompt_ids.size(1) - 1 : -1]  # the logit at t predicts token t + 1
-    return torch.log_softmax(logits.float(), dim=-1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
 
 
 @pytest.mark.parametrize(
@@ -98,8 +97,12 @@ def test_drive_is_escort_of_weighted_rewards_with_missing_rewards_left_out(tmp_p
         return [None if i % 4 == 1 else float(len(c)) for i, c in enumerate(completions)]
 
     trainer = make_trainer(
-        tmp_path, tiny_model_path, prompt_dataset, reward_funcs=[digit_reward, sometimes_missing],
-        reward_weights=[1.0, 0.5], alpha=0.2,
+        tmp_path,
+        tiny_model_path,
+        prompt_dataset,
+        reward_funcs=[digit_reward, sometimes_missing],
+        reward_weights=[1.0, 0.5],
+        alpha=0.2,
     )
     trainer.model.train()
     batch = [{"prompt": row["prompt"]} for row in prompt_dataset.select(range(2)) for _ in range(4)]
@@ -108,7 +111,7 @@ def test_drive_is_escort_of_weighted_rewards_with_missing_rewards_left_out(tmp_p
     rewards_per_func = trainer._opo_rewards_per_func
     assert rewards_per_func.shape == (8, 2) and torch.isnan(rewards_per_func[1::4, 1]).all()
     rewards = rewards_per_func[:, 0] + 0.5 * torch.nan_to_num(rewards_per_func[:, 1])
-    expected, _ = escort_drive(group_advantages(rewards, 4, "none"), 4, alpha=0.2)
+    expected = escort_drive(group_advantages(rewards, 4, "none"), 4, alpha=0.2).drive
     torch.testing.assert_close(output["advantages"], expected)
     torch.testing.assert_close(output["advantages"].view(2, 4).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
 
@@ -116,15 +119,15 @@ def test_drive_is_escort_of_weighted_rewards_with_missing_rewards_left_out(tmp_p
 # -- training -------------------------------------------------------------------------------------------------
 
 
-OPO_METRICS = ("opo/escort_weight/mean", "opo/drive/abs_mean", "opo/delta/abs_max", "opo/chi2", "opo/equilibrium_gap",
-               "opo/positivity_violations", "opo/policy_loss")
-
-
-def logged(trainer):
-    keys = set()
-    for entry in trainer.state.log_history:
-        keys |= set(entry)
-    return keys
+OPO_METRICS = (
+    "opo/escort_weight/mean",
+    "opo/drive/abs_mean",
+    "opo/delta/abs_max",
+    "opo/chi2",
+    "opo/equilibrium_gap",
+    "opo/positivity_violations",
+    "opo/policy_loss",
+)
 
 
 @pytest.mark.slow
@@ -140,7 +143,10 @@ def test_training_changes_parameters_and_logs_opo_metrics(tmp_path, tiny_model_p
 @pytest.mark.slow
 def test_two_weighted_reward_functions_and_conversational_prompts(tmp_path, tiny_model_path, conversational_dataset):
     trainer = make_trainer(
-        tmp_path, tiny_model_path, conversational_dataset, reward_funcs=[distinct_chars_reward, digit_reward],
+        tmp_path,
+        tiny_model_path,
+        conversational_dataset,
+        reward_funcs=[distinct_chars_reward, digit_reward],
         reward_weights=[1.0, 0.5],
     )
     before = snapshot(trainer.model)
@@ -239,7 +245,11 @@ def test_private_trl_api_is_as_expected(tmp_path, tiny_model_path, prompt_datase
     for name in ("model", "input_ids", "attention_mask", "logits_to_keep", "compute_entropy", "compute_aux_loss"):
         assert name in params, f"GRPOTrainer._get_per_token_logps_and_entropies lost its `{name}` argument"
     assert list(inspect.signature(GRPOTrainer._calculate_rewards).parameters) == [
-        "self", "inputs", "prompts", "completions", "completion_ids_list"
+        "self",
+        "inputs",
+        "prompts",
+        "completions",
+        "completion_ids_list",
     ]
     assert list(inspect.signature(GRPOTrainer._generate_and_score_completions).parameters) == ["self", "inputs"]
     assert list(inspect.signature(GRPOTrainer._compute_loss).parameters) == ["self", "model", "inputs"]
@@ -255,3 +265,179 @@ def test_private_trl_api_is_as_expected(tmp_path, tiny_model_path, prompt_datase
     output = trainer._generate_and_score_completions([{"prompt": "1+1="}] * 4)
     assert output["advantages"].shape == (4,)
     assert {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask"} <= set(output)
+
+
+def input_keys(method):
+    """The keys a `_compute_loss` reads from its `inputs`, from its source."""
+    import re
+
+    return set(re.findall(r"""inputs(?:\[|\.get\()["'](\w+)["']""", inspect.getsource(method)))
+
+
+# Keys GRPOTrainer's loss reads that OPO's does not, each with the reason.
+NOT_READ_BY_OPO = {
+    "sampling_per_token_logps": "read only for off_policy_mask_threshold, which OPOConfig rejects",
+    "num_items_in_batch": "the token-count normaliser of loss_type dapo/cispo/vespo; OPO averages over sequences",
+}
+
+
+def test_opo_loss_reads_every_input_grpo_loss_reads():
+    """A new input of GRPOTrainer's loss (a multimodal key, a mask) must not be dropped silently by OPO's."""
+    grpo, opo = input_keys(GRPOTrainer._compute_loss), input_keys(OPOTrainer._compute_loss)
+    assert {"advantages", "pixel_values", "old_per_token_logps", "ref_per_token_logps"} <= grpo  # the parse works
+    assert grpo - opo == set(NOT_READ_BY_OPO), f"GRPO's loss reads {sorted(grpo - opo - set(NOT_READ_BY_OPO))} too"
+    assert opo <= grpo
+
+
+# -- robustness: bad rewards, degenerate completions -------------------------------------------------------------
+
+
+def assert_finite_run(trainer, steps):
+    assert trainer.state.global_step == steps
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    grad_norms = [e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e]
+    assert len(losses) == steps and all(math.isfinite(x) for x in losses + grad_norms), trainer.state.log_history
+    for name, p in trainer.model.named_parameters():
+        assert torch.isfinite(p).all(), name
+
+
+NAN = float("nan")
+
+# Rewards of the G = 4 completions of each prompt, in order. Drive and metrics below are checked against these.
+SCENARIO = {
+    "huge": [1e6, -1e6, 0.0, 1e6],  # exponent (1 - alpha) * A ~ 3e5: clipped at max_escort_exponent
+    "some nan": [NAN, 1.0, 2.0, NAN],
+    "some none": [None, 0.5, None, 0.0],
+    "constant": [7.0, 7.0, 7.0, 7.0],  # no signal
+    "unscorable": [None, None, None, None],  # no signal, all four unscorable
+}
+
+NO_SIGNAL = ("constant", "unscorable")
+
+NUM_MISSING = 2 + 2 + 4
+
+NUM_CLIPPED = 2  # the two +1e6 completions
+
+
+def scenario_reward(prompts, completions, **kwargs):
+    # The completions of one prompt are consecutive, so i % 4 is the index within the group.
+    return [SCENARIO[prompt][i % 4] for i, prompt in enumerate(prompts)]
+
+
+@pytest.mark.slow
+def test_pathological_rewards_keep_training_finite_and_groups_without_signal_get_zero_drive(tmp_path, tiny_model_path):
+    dataset = Dataset.from_dict({"prompt": list(SCENARIO)})
+    # Every step sees all five groups.
+    trainer = make_trainer(
+        tmp_path,
+        tiny_model_path,
+        dataset,
+        reward_funcs=scenario_reward,
+        per_device_train_batch_size=20,
+        max_completion_length=4,
+    )
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert_finite_run(trainer, 2)
+    assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())  # still learns
+    assert all(
+        e["opo/escort_weight/max"] <= math.exp(20.0) * 1.0001
+        for e in trainer.state.log_history
+        if "opo/escort_weight/max" in e
+    )
+
+    trainer.model.train()
+    batch = [{"prompt": prompt} for prompt in SCENARIO for _ in range(4)]
+    drive = trainer._generate_and_score_completions(batch)["advantages"].view(len(SCENARIO), 4)
+    assert torch.isfinite(drive).all()
+    for row, (prompt, rewards) in zip(drive, SCENARIO.items(), strict=True):
+        missing = torch.tensor([r is None or math.isnan(r) for r in rewards])
+        assert torch.all(row[missing] == 0), prompt
+        if prompt in NO_SIGNAL:
+            assert torch.all(row == 0), prompt
+        else:
+            assert row.abs().max() > 0, prompt
+            assert abs(row.sum().item()) <= 1e-6 * row.abs().max().item(), prompt
+    # The huge group: w = (e^20, 0, 0, e^20), so g = +-e^20 / 2.
+    torch.testing.assert_close(drive[0], math.exp(20.0) / 2 * torch.tensor([1.0, -1.0, -1.0, 1.0]))
+
+    metrics = {k: v[-1] for k, v in trainer._metrics["train"].items()}
+    assert metrics["opo/groups_without_signal"] == pytest.approx(len(NO_SIGNAL) / len(SCENARIO))
+    assert metrics["opo/unscorable_frac"] == pytest.approx(NUM_MISSING / 20)
+    assert metrics["opo/escort_weight/clipped_frac"] == pytest.approx(NUM_CLIPPED / (20 - NUM_MISSING))
+
+
+@pytest.mark.slow
+def test_constant_reward_gives_no_update(tmp_path, tiny_model_path, prompt_dataset):
+    def constant(completions, **kwargs):
+        return [3.0] * len(completions)
+
+    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, reward_funcs=constant, max_completion_length=4)
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert_finite_run(trainer, 2)
+    # Every group is tied, so the drive, the loss gradient and (weight_decay = 0) the Adam update are exactly 0.
+    assert all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+    logged = [e["opo/groups_without_signal"] for e in trainer.state.log_history if "opo/groups_without_signal" in e]
+    assert logged == [1.0, 1.0]
+
+
+def hand_batch(model, drive, mask, seed=0):
+    torch.manual_seed(seed)
+    vocab = model.config.vocab_size
+    prompt_ids, completion_ids = torch.randint(6, vocab, (len(drive), 3)), torch.randint(6, vocab, (len(drive), 5))
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": mask,
+        "advantages": drive,
+        # Off-policy old log-probs, so that Delta != 0 where there are tokens.
+        "old_per_token_logps": -5.0 + 0.3 * torch.randn(mask.shape),
+        "ref_per_token_logps": torch.full(mask.shape, -5.0),
+    }
+
+
+def loss_and_grads(trainer, inputs):
+    model = trainer.model
+    model.zero_grad()
+    loss = trainer._compute_loss(model, inputs)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.1])
+def test_empty_completions_give_finite_loss_and_gradients(tmp_path, tiny_model_path, prompt_dataset, beta):
+    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, mu=2.0, beta=beta)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]])
+
+    # One empty completion: finite, and its drive has no effect at all (Delta = 0 with no gradient path).
+    loss, grads = loss_and_grads(trainer, hand_batch(trainer.model, torch.tensor([0.3, -0.4, -0.2, 0.3]), mask))
+    loss_other, grads_other = loss_and_grads(
+        trainer, hand_batch(trainer.model, torch.tensor([0.3, 9.0, -0.2, 0.3]), mask)
+    )
+    assert torch.isfinite(loss) and loss != 0
+    assert all(torch.isfinite(g).all() for g in grads.values()) and any(g.abs().max() > 0 for g in grads.values())
+    assert loss == loss_other and all(torch.equal(grads[n], grads_other[n]) for n in grads)
+
+    # A micro-batch whose completions are all empty: loss exactly 0, gradients exactly 0, metrics finite.
+    empty = hand_batch(trainer.model, torch.tensor([0.3, -0.4, -0.2, 0.3]), torch.zeros_like(mask))
+    loss, grads = loss_and_grads(trainer, empty)
+    assert loss == 0
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads.values())
+    metrics = trainer._metrics["train"]
+    assert all(math.isfinite(metrics[k][-1]) for k in ("entropy", "opo/delta/abs_max", "opo/chi2", "opo/policy_loss"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mask_truncated", [False, True])
+def test_all_completions_truncated(tmp_path, tiny_model_path, prompt_dataset, mask_truncated):
+    trainer = make_trainer(
+        tmp_path, tiny_model_path, prompt_dataset, max_completion_length=2, mask_truncated_completions=mask_truncated
+    )
+    trainer.train()
+    assert_finite_run(trainer, 2)
+    clipped = [e["completions/clipped_ratio"] for e in trainer.state.log_history if "completions/clipped_ratio" in e]
+    assert clipped and min(clipped) > 0.5  # the setting does what it says: (nearly) everything is cut at 2 tokens

@@ -10,8 +10,7 @@ import torch
 
 from opo_trl import OPOConfig, OPOTrainer
 
-from .conftest import cpu_config_kwargs, digit_reward
-from .test_trainer import hand_logps
+from .conftest import cpu_config_kwargs, digit_reward, hand_logps
 
 
 def make_vllm_trainer(tmp_path, model_path, dataset, is_mode, vllm_mode):
@@ -24,16 +23,23 @@ def make_vllm_trainer(tmp_path, model_path, dataset, is_mode, vllm_mode):
         completion_ids = [torch.randint(6, 60, (3 + i % 4,)).tolist() for i in range(len(prompts))]
         logprobs = []
         with torch.no_grad():
-            for p, c in zip(prompt_ids, completion_ids):
+            for p, c in zip(prompt_ids, completion_ids, strict=True):
                 exact = hand_logps(model, torch.tensor([p]), torch.tensor([c]))[0]
                 # A sampler that disagrees a little with the trainer, as vLLM's kernels do.
                 logprobs.append((exact + 0.05 * torch.randn_like(exact)).tolist())
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": logprobs}
 
-    args = OPOConfig(**cpu_config_kwargs(tmp_path, vllm_importance_sampling_mode=is_mode,
-                                         vllm_importance_sampling_clip_min=0.5, vllm_importance_sampling_clip_max=1.5))
-    trainer = OPOTrainer(model=model_path, reward_funcs=digit_reward, args=args, train_dataset=dataset,
-                         rollout_func=rollout)
+    args = OPOConfig(
+        **cpu_config_kwargs(
+            tmp_path,
+            vllm_importance_sampling_mode=is_mode,
+            vllm_importance_sampling_clip_min=0.5,
+            vllm_importance_sampling_clip_max=1.5,
+        )
+    )
+    trainer = OPOTrainer(
+        model=model_path, reward_funcs=digit_reward, args=args, train_dataset=dataset, rollout_func=rollout
+    )
     # What `use_vllm=True` would set up, with the vLLM client replaced by a mock.
     trainer.use_vllm, trainer.vllm_mode, trainer.vllm_generation = True, vllm_mode, MagicMock()
     trainer._last_loaded_step = -1

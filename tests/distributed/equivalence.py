@@ -39,12 +39,24 @@ def reward(completions, **kwargs):
 def main(out_dir, model_dir):
     dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(6) for b in range(6)]})
     args = OPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
-        gradient_checkpointing=False, seed=0, learning_rate=1e-2, max_steps=1, logging_steps=1,
-        num_generations=G, max_completion_length=16, alpha=0.3,
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        report_to="none",
+        save_strategy="no",
+        gradient_checkpointing=False,
+        seed=0,
+        learning_rate=1e-2,
+        max_steps=1,
+        logging_steps=1,
+        num_generations=G,
+        max_completion_length=16,
+        alpha=0.3,
         per_device_train_batch_size=ROWS_PER_STEP // int(__import__("os").environ.get("WORLD_SIZE", "1")),
     )
-    trainer = OPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, rollout_func=rollout_func)
+    trainer = OPOTrainer(
+        model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, rollout_func=rollout_func
+    )
 
     seen = {}
     generate = trainer._generate_and_score_completions
@@ -63,8 +75,13 @@ def main(out_dir, model_dir):
         params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
         step = next(e for e in trainer.state.log_history if "grad_norm" in e)
         json.dump(
-            {**seen, "params": params.tolist(), "grad_norm": step["grad_norm"], "loss": step["loss"],
-             "world_size": trainer.accelerator.num_processes},
+            {
+                **seen,
+                "params": params.tolist(),
+                "grad_norm": step["grad_norm"],
+                "loss": step["loss"],
+                "world_size": trainer.accelerator.num_processes,
+            },
             open(f"{out_dir}/result.json", "w"),
         )
     trainer.accelerator.wait_for_everyone()

@@ -1,0 +1,208 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+"""
+Arguments of `opo-trl train`: the script arguments, and a recipe read once into TRL's dataclasses.
+
+A recipe is a `trl grpo` YAML file plus, optionally, `algorithm:` and the OPO fields. It is read once; its values
+become the parser's defaults (as `TrlParser` does with `--config`), so command-line values override it.
+"""
+
+import dataclasses
+import difflib
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
+
+from .algorithms import ALGORITHMS, opo_only_fields
+
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass
+class OPOScriptArguments(ScriptArguments):
+    """
+    Script arguments of `opo-trl train`: TRL's [`~trl.ScriptArguments`] and `trl grpo`'s reward arguments, plus the
+    algorithm, the built-in datasets' options and the held-out evaluation.
+    """
+
+    algorithm: str = field(
+        default="opo",
+        metadata={
+            "help": "Trainer to run the recipe with: 'opo', or a baseline 'grpo', 'dapo', 'gspo'.",
+            "choices": list(ALGORITHMS),
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "'arithmetic' (offline generator), 'reasoning_gym/<task>' (offline, `pip install opo-trl[gym]`), "
+            "'gsm8k', 'math' (MATH-lighteval), or any dataset id or path for `datasets.load_dataset` with a 'prompt' "
+            "column. Ignored when `datasets` (a dataset mixture) is given."
+        },
+    )
+    reward_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A sequence-classification reward model, added before `reward_funcs`."}
+    )
+    reward_funcs: list[str] = field(
+        default_factory=lambda: ["accuracy"],
+        metadata={
+            "help": "Reward functions: 'accuracy', 'format', 'reasoning_gym', TRL's names ('accuracy_reward', ...), "
+            "or dotted paths 'module.function' (importable from the current directory)."
+        },
+    )
+    dataset_options: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "reasoning_gym: options of the task's config, as a mapping in the recipe or JSON on the command "
+            'line, e.g. \'{"min_terms": 2, "max_terms": 3}\'.'
+        },
+    )
+    dataset_seed: int | None = field(
+        default=None,
+        metadata={"help": "arithmetic, reasoning_gym: seed of the generated problems (default: the training seed)."},
+    )
+    num_train_samples: int = field(default=2000, metadata={"help": "arithmetic, reasoning_gym: training problems."})
+    num_test_samples: int = field(default=64, metadata={"help": "arithmetic, reasoning_gym: held-out problems."})
+    num_validation_samples: int = field(
+        default=0, metadata={"help": "reasoning_gym: validation problems, disjoint from train and test (for tuning)."}
+    )
+    min_operand: int = field(default=1, metadata={"help": "arithmetic: smallest operand."})
+    max_operand: int = field(default=50, metadata={"help": "arithmetic: largest operand."})
+    operations: list[str] = field(default_factory=lambda: ["+"], metadata={"help": "arithmetic: among '+', '-', '*'."})
+    math_levels: list[int] | None = field(default=None, metadata={"help": "math: keep only these levels, e.g. 3."})
+    heldout_eval: bool = field(
+        default=False,
+        metadata={"help": "Measure accuracy on held-out problems before and after training, and print both."},
+    )
+    heldout_split: str = field(
+        default="test",
+        metadata={"help": "Split the held-out evaluation uses: 'test', or 'validation' (reasoning_gym) for tuning."},
+    )
+    heldout_max_samples: int | None = field(default=None, metadata={"help": "Cap on held-out prompts (all if unset)."})
+    heldout_num_samples: int = field(
+        default=1, metadata={"help": "Completions sampled per held-out prompt at the training temperature."}
+    )
+    heldout_greedy: bool = field(default=False, metadata={"help": "Also measure greedy-decoding accuracy."})
+    heldout_eval_steps: int | None = field(
+        default=None, metadata={"help": "Also measure held-out accuracy every this many optimizer steps."}
+    )
+    heldout_interim_max_samples: int | None = field(
+        default=None,
+        metadata={"help": "Cap on held-out prompts for the evaluations during training (one sample each, no greedy)."},
+    )
+    heldout_before_from: str | None = field(
+        default=None,
+        metadata={
+            "help": "Output directory of a finished run of the same model, data and seed: reuse its held-out "
+            "evaluation before training instead of measuring it again."
+        },
+    )
+
+
+def make_parser(config_cls) -> TrlParser:
+    return TrlParser((OPOScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig), prog="opo-trl train")
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """Read a recipe (a YAML mapping) from a path."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Recipe not found: {name_or_path}")
+    recipe = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"Recipe {name_or_path} must contain a YAML mapping, not a {type(recipe).__name__}.")
+    return recipe
+
+
+def parse_train_args(argv: list[str]):
+    """
+    Parse `opo-trl train` arguments into `(script_args, training_args, model_args, dataset_args)`.
+
+    The algorithm decides the config class: `OPOConfig` for OPO, `GRPOConfig` with the baseline's settings otherwise.
+    For a baseline, the recipe's and the command line's OPO-only keys are dropped (they mean nothing to GRPO, and a
+    message says so), and the baseline's settings override the recipe's but not the command line.
+    """
+    argv = list(argv)
+    config_path = _pop_option(argv, "--config")
+    recipe = load_recipe(config_path) if config_path is not None else {}
+    # As TrlParser does with --config: the recipe's `env` mapping becomes environment variables.
+    env = recipe.pop("env", {})
+    if not isinstance(env, dict):
+        raise ValueError("`env` must be a mapping in the recipe.")
+    for key, value in env.items():
+        os.environ[key] = str(value)
+
+    algorithm = (_pop_option(argv, "--algorithm") or recipe.get("algorithm", "opo")).lower()
+    if algorithm not in ALGORITHMS:
+        close = difflib.get_close_matches(algorithm, list(ALGORITHMS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"algorithm={algorithm!r} is invalid; algorithm must be one of {list(ALGORITHMS)}.{hint}")
+    spec = ALGORITHMS[algorithm]
+    recipe["algorithm"] = algorithm
+    if spec.settings:
+        dropped = sorted(opo_only_fields() & set(recipe))
+        recipe = {k: v for k, v in recipe.items() if k not in dropped}
+        recipe.update(spec.settings)
+        argv, dropped_cli = _drop_options(argv, opo_only_fields())
+        if dropped or dropped_cli:
+            print(
+                f"[opo-trl] {algorithm}: ignoring OPO-only keys {sorted(set(dropped) | set(dropped_cli))}",
+                file=sys.stderr,
+            )
+
+    parser = make_parser(spec.config_cls)
+    recipe_unknown = parser.set_defaults_with_config(**recipe)
+    *parsed, cli_unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    unknown = [s for s in recipe_unknown + cli_unknown if s.startswith("--")]
+    if unknown:
+        valid = sorted({f.name for dc in parser.dataclass_types for f in dataclasses.fields(dc)})
+        raise ValueError(_unknown_keys_message(unknown, valid, config_path))
+    return tuple(parsed)
+
+
+def _unknown_keys_message(unknown, valid, config_path):
+    lines = []
+    for key in unknown:
+        name = key[2:].split("=")[0]
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        lines.append(f"  '{name}' is not an OPOConfig/GRPOConfig, ModelConfig or script argument.{hint}")
+    where = f" in {config_path} or on the command line" if config_path else ""
+    return f"Unknown key(s){where}:\n" + "\n".join(lines)
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    """Remove `name value` or `name=value` from `argv` and return the value (the last one if repeated)."""
+    value = None
+    i = 0
+    while i < len(argv):
+        if argv[i] == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i : i + 2]
+        elif argv[i].startswith(name + "="):
+            value = argv.pop(i).split("=", 1)[1]
+        else:
+            i += 1
+    return value
+
+
+def _drop_options(argv: list[str], names: set[str]) -> tuple[list[str], list[str]]:
+    """Remove the options in `names` (with their values) from `argv`; returns what is left and what was removed."""
+    out, dropped, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg[2:].split("=")[0] if arg.startswith("--") else None
+        if key in names:
+            dropped.append(key)
+            i += 1
+            if "=" not in arg:
+                while i < len(argv) and not argv[i].startswith("--"):  # its value(s)
+                    i += 1
+            continue
+        out.append(arg)
+        i += 1
+    return out, dropped

@@ -1,0 +1,148 @@
+"""The training job behind `opo-trl train`: a tiny model trained end to end, run files, and early failures."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from opo_trl.run import main
+
+from .conftest import tiny_recipe, write_recipe
+
+
+def test_unknown_reward_name_fails_before_the_model_loads(tmp_path):
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, str(tmp_path / "does-not-exist"), reward_funcs=["acuracy"]))
+    with pytest.raises(ValueError, match="Did you mean 'accuracy'"):
+        main(["--config", path])
+
+
+@pytest.mark.slow
+def test_two_step_training_run_through_the_command(tmp_path, tiny_model_path, capsys):
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_model_path, heldout_eval=True))
+    main(["--config", path, "--max_steps", "2", "--mu", "2.0"])
+    out = Path(tmp_path / "out")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == "opo" and 0.0 <= summary["heldout_accuracy_after"] <= 1.0
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(m.get("step", 0) for m in metrics) == 2
+    assert any("opo/drive/abs_mean" in m for m in metrics)
+    assert (out / "reward_curve.png").stat().st_size > 1000
+    assert (out / "model.safetensors").exists()
+    assert "held-out accuracy: before" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_baseline_runs_through_the_same_command(tmp_path, tiny_model_path):
+    path = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_model_path, alpha=0.3))
+    main(["--config", path, "--algorithm", "dapo", "--max_steps", "1"])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["algorithm"] == "dapo"
+    metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert any("clip_ratio/region_mean" in m for m in metrics) and not any("opo/chi2" in m for m in metrics)
+
+
+# -- the dataset dispatcher --------------------------------------------------------------------------------------
+
+
+def parse(tmp_path, drop=(), **overrides):
+    from opo_trl.arguments import parse_train_args
+
+    recipe = tiny_recipe(tmp_path, "m", **overrides)
+    for key in drop:
+        del recipe[key]
+    return parse_train_args(["--config", write_recipe(tmp_path, recipe)])
+
+
+ARITHMETIC_KEYS = ("num_train_samples", "num_test_samples", "max_operand")
+
+
+def test_one_dispatcher_for_every_dataset(tmp_path, monkeypatch):
+    from datasets import Dataset
+
+    from opo_trl import data
+    from opo_trl.data import make_arithmetic_dataset
+    from opo_trl.run import load_datasets
+
+    script_args, args, _, dataset_args = parse(tmp_path, num_train_samples=6, num_test_samples=3, dataset_seed=5)
+    train, heldout = load_datasets(script_args, dataset_args, seed=0)
+    expected = make_arithmetic_dataset(6, 3, seed=5, max_operand=9)
+    assert train.to_list() == expected["train"].to_list() and heldout["test"].to_list() == expected["test"].to_list()
+
+    gsm8k = Dataset.from_dict({"question": ["q?"], "answer": ["so #### 7"]})
+    monkeypatch.setattr(data.datasets, "load_dataset", lambda *a, **k: gsm8k)
+    script_args, _, _, dataset_args = parse(tmp_path, ARITHMETIC_KEYS, dataset_name="gsm8k")
+    train, heldout = load_datasets(script_args, dataset_args, seed=0)
+    assert train["answer"] == ["7"] and heldout["test"]["answer"] == ["7"]
+
+
+def test_unknown_dataset_name_suggests_the_closest_built_in(tmp_path, monkeypatch):
+    import datasets
+
+    from opo_trl.run import load_datasets
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    script_args, _, _, dataset_args = parse(tmp_path, ARITHMETIC_KEYS, dataset_name="gsm8")
+    with pytest.raises(ValueError, match=r"'gsm8' is not a built-in dataset.*not a local path.*Did you mean 'gsm8k'"):
+        load_datasets(script_args, dataset_args, seed=0)
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"math_levels": [3]}, r"math_levels=\[3\] applies to dataset_name 'math' only, not to 'arithmetic'"),
+        ({"dataset_streaming": True}, r"dataset_streaming=True applies to dataset_name 'hub' only"),
+        ({"dataset_options": {"min_terms": 2}}, r"dataset_options=.* applies to dataset_name 'reasoning_gym' only"),
+        ({"num_validation_samples": 8}, r"num_validation_samples=8 applies to dataset_name 'reasoning_gym' only"),
+    ],
+)
+def test_a_dataset_argument_the_dataset_does_not_read_is_an_error(tmp_path, recipe, message):
+    from opo_trl.run import load_datasets
+
+    script_args, _, _, dataset_args = parse(tmp_path, **recipe)
+    with pytest.raises(ValueError, match=message):
+        load_datasets(script_args, dataset_args, seed=0)
+
+
+# -- reasoning-gym and the held-out evaluation through the job -----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_reasoning_gym_task_trains_and_records_per_problem_heldout_outcomes(tmp_path, tiny_model_path):
+    pytest.importorskip("reasoning_gym")
+    from opo_trl.run import read_heldout
+
+    recipe = tiny_recipe(
+        tmp_path, tiny_model_path, dataset_name="reasoning_gym/chain_sum", reward_funcs=["reasoning_gym"],
+        dataset_options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, dataset_seed=0,
+        num_train_samples=16, num_validation_samples=6, num_test_samples=5, heldout_eval=True,
+        heldout_split="validation", heldout_num_samples=2, heldout_greedy=True, heldout_eval_steps=1,
+        heldout_interim_max_samples=3, max_steps=2,
+    )  # fmt: skip
+    del recipe["max_operand"]
+    summary = main(["--config", write_recipe(tmp_path, recipe)])
+    records = read_heldout(tmp_path / "out")
+    # before (all 6 validation problems, 2 samples + greedy), step 1 (the first 3, one sample), after (all 6).
+    assert [(r["step"], r["problems"]) for r in records] == [(0, 6), (1, 3), (2, 6)]
+    assert [len(s) for s in records[0]["sampled"]] == [2] * 6 and len(records[0]["greedy"]) == 6
+    assert records[1]["greedy"] is None and records[0]["fingerprint"] == records[2]["fingerprint"] is not None
+    mean = sum(sum(s) / 2 for s in records[2]["sampled"]) / 6
+    assert summary["heldout_accuracy_after"] == pytest.approx(mean) and summary["heldout_split"] == "validation"
+    assert summary["heldout_greedy_after"] == pytest.approx(sum(records[2]["greedy"]) / 6)
+    history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    interim = [(e["step"], e["heldout/interim_accuracy"]) for e in history if "heldout/interim_accuracy" in e]
+    assert [step for step, _ in interim] == [0, 1, 2]
+    assert interim[0][1] == pytest.approx(sum(sum(s) / 2 for s in records[0]["sampled"][:3]) / 3)
+
+    # Another run of the same seed reuses that evaluation of the initial model instead of measuring it again.
+    again = {**recipe, "output_dir": str(tmp_path / "again"), "heldout_before_from": str(tmp_path / "out"),
+             "heldout_eval_steps": None, "max_steps": 1}  # fmt: skip
+    summary = main(["--config", write_recipe(tmp_path, again, "again.yaml")])
+    assert read_heldout(tmp_path / "again")[0] == records[0]
+    assert summary["heldout_accuracy_before"] == pytest.approx(sum(sum(s) / 2 for s in records[0]["sampled"]) / 6)
+    # ... but not of another held-out set.
+    other = {**again, "output_dir": str(tmp_path / "other"), "heldout_split": "test"}
+    with pytest.raises(ValueError, match="not of this held-out set before training"):
+        main(["--config", write_recipe(tmp_path, other, "other.yaml")])
