@@ -10,6 +10,7 @@ The `opo-trl` command.
 Command-line values override the YAML, as in `trl grpo`. Works under `accelerate launch -m opo_trl.cli train ...`.
 """
 
+import os
 import sys
 
 from .arguments import RECIPES_DIR
@@ -39,7 +40,28 @@ def main(argv: list[str] | None = None) -> int:
     from .run import main as run_main
 
     run_main(rest)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _exit_launched_process()
     return 0
+
+
+def _exit_launched_process() -> None:
+    """
+    End a process started by `accelerate launch` or torchrun once its job is done, without the interpreter's teardown.
+
+    DeepSpeed ZeRO-3 keeps process-group handles alive after the group is destroyed (its module-level
+    `FWD_MODULE_STACK` holds the model, whose parameters hold `ds_process_group`; `deepspeed.utils.groups` holds the
+    world group). Their gloo worker threads are then torn down at interpreter exit, where destroying a still-joinable
+    thread calls std::terminate: about one launch in ten died of SIGABRT ("terminate called without an active
+    exception") after its run had finished and written everything. The exit handlers still run; only that teardown is
+    skipped.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
