@@ -63,9 +63,11 @@ from opo_trl.testing import model_path as resolve_model_path
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
 
-# name -> (trainer, GRPOConfig overrides); "opo" takes its defaults from OPOConfig.
+# name -> config overrides. OPO variants (OPOTrainer, OPOConfig defaults plus these) and GRPO variants (GRPOTrainer).
+OPO_VARIANTS = {"opo": {}, "opo_ref_mean": {"escort_reference": "mean"}}
 LOSS_VARIANTS = {"opo": {}, "grpo_default": {}, "grpo_loss_grpo": {"loss_type": "grpo"}}
-TRAIN_VARIANTS = ("opo", "grpo_default")
+# escort_reference="mean" adds a no-grad forward at generation when the rollout is used once (as here).
+TRAIN_VARIANTS = ("opo", "opo_ref_mean", "grpo_default")
 
 
 def parse_args(argv=None):
@@ -125,8 +127,8 @@ def build_trainer(variant: str, model, workdir: str, args, **overrides):
     )
     with warnings.catch_warnings():  # TrainingArguments deprecation notices
         warnings.simplefilter("ignore")
-        if variant == "opo":
-            config, trainer_cls = OPOConfig(**kwargs), OPOTrainer
+        if variant in OPO_VARIANTS:
+            config, trainer_cls = OPOConfig(**kwargs, **OPO_VARIANTS[variant]), OPOTrainer
         else:
             config, trainer_cls = GRPOConfig(**kwargs, **LOSS_VARIANTS[variant]), GRPOTrainer
         return trainer_cls(model=model, reward_funcs=deterministic_reward, args=config, train_dataset=prompt_dataset())
@@ -145,7 +147,7 @@ def loss_inputs(trainer, args, variant: str) -> dict[str, torch.Tensor]:
     prompt_mask = (torch.arange(p) >= (p - prompt_lengths).unsqueeze(1)).long()
     completion_mask = (torch.arange(c) < completion_lengths.unsqueeze(1)).long()
     rewards = torch.rand(b, generator=g)
-    if variant == "opo":
+    if variant in OPO_VARIANTS:
         centred = group_advantages(rewards, args.num_generations, "none")
         advantages = escort_drive(centred, args.num_generations, alpha=0.4).drive  # OPOConfig's defaults
     else:
@@ -258,6 +260,10 @@ def measure_train(args, model_path: str, workdir: str) -> dict:
         "runs": runs,
         "step_time": {v: summary(s) for v, s in steps.items()},
         "opo_over_grpo_step_time": statistics.median(steps["opo"]) / statistics.median(steps["grpo_default"]),
+        "opo_ref_mean_over_opo_step_time": statistics.median(steps["opo_ref_mean"]) / statistics.median(steps["opo"]),
+        "opo_ref_mean_over_grpo_step_time": (
+            statistics.median(steps["opo_ref_mean"]) / statistics.median(steps["grpo_default"])
+        ),
         "peak_rss_mib": {v: max(r["peak_rss_mib"] for r in rs) for v, rs in runs.items()},
     }
     result["opo_over_grpo_peak_rss"] = result["peak_rss_mib"]["opo"] / result["peak_rss_mib"]["grpo_default"]
@@ -318,6 +324,12 @@ def report(result: dict) -> str:
                          f"| {train['peak_rss_mib'][v]:.0f} |")  # fmt: skip
         lines.append(f"| **OPO / GRPO** | | | **{train['opo_over_grpo_step_time']:.3f}** | "
                      f"| **{train['opo_over_grpo_peak_rss']:.3f}** |")  # fmt: skip
+        lines.append(
+            f"| **OPO escort_reference=mean / OPO** | | | **{train['opo_ref_mean_over_opo_step_time']:.3f}** | | |"
+        )
+        lines.append(
+            f"| **OPO escort_reference=mean / GRPO** | | | **{train['opo_ref_mean_over_grpo_step_time']:.3f}** | | |"
+        )
     if "loss_memory" in result:
         mem = result["loss_memory"]
         lines += [

@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .core import LOG_RATIO_AGGREGATIONS, MAX_ESCORT_EXPONENT, RATIO_FORMS, SCALE_REWARDS
+from .core import (
+    ESCORT_REFERENCES,
+    LOG_RATIO_AGGREGATIONS,
+    MAX_ESCORT_EXPONENT,
+    MAX_ESCORT_EXPONENT_LIMIT,
+    RATIO_FORMS,
+    SCALE_REWARDS,
+)
 
 
 # Every option GRPOConfig adds to `transformers.TrainingArguments` is in exactly one of the three tables below (a test
@@ -25,6 +32,7 @@ USED_GRPO_FIELDS = (
     "vllm_gpu_memory_utilization", "vllm_max_model_length", "vllm_tensor_parallel_size",
     "vllm_importance_sampling_correction", "vllm_importance_sampling_mode", "vllm_importance_sampling_clip_max",
     "vllm_importance_sampling_clip_min", "vllm_importance_sampling_cap", "beta", "num_iterations", "reward_weights",
+    "entropy_coef",
     "multi_objective_aggregation", "scale_rewards", "mask_truncated_completions", "sync_ref_model",
     "ref_model_mixup_alpha", "ref_model_sync_steps", "max_tool_calling_iterations", "use_bias_correction_kl",
     "log_completions", "log_multimodal", "num_completions_to_print", "log_unique_prompts", "log_completions_hub_repo",
@@ -57,8 +65,11 @@ IGNORED_GRPO_FIELDS = (
 REJECTED_GRPO_FIELDS = (
     ("top_entropy_quantile", "OPO weights whole sequences; a token entropy mask would change Delta."),
     ("off_policy_mask_threshold", "OPO's quadratic term already restrains off-policy sequences."),
-    ("entropy_coef", "OPO has no entropy bonus."),
-    ("use_adaptive_entropy", "OPO has no entropy bonus."),
+    (
+        "use_adaptive_entropy",
+        "its controller lives inside GRPOTrainer._compute_loss and cannot be reused without copying it; a static "
+        "entropy_coef works.",
+    ),
 )
 
 
@@ -88,8 +99,21 @@ class OPOConfig(GRPOConfig):
         ratio_form (`str`, *optional*, defaults to `"log"`):
             `"log"`: the quadratic acts on Delta (the paper's surrogate, always a valid density). `"exact"`: on
             `exp(Delta) - 1`.
+        escort_reference (`str`, *optional*, defaults to `"none"`):
+            The rollout policy's log-probability in the escort weight, `w = exp((1 - alpha) * (A - c))` with
+            `c = l - mean_group(l)`: `"none"` (`c = 0`, pi_k treated as uniform over the group), `"sum"` (the paper's
+            Algorithm 1: `l = log pi_k(y)`, summed over tokens) or `"mean"` (`l` = per-token mean of log pi_k). With a
+            reference, among completions of equal advantage the less likely ones get more drive.
+        mu_target_chi2 (`float` or `None`, *optional*, defaults to `None`):
+            If set, `mu` is chosen per rollout so that the closed-form step `v* = g / mu` spends exactly this
+            chi-square budget: `mu = sqrt(mean(g^2) / mu_target_chi2)`, clamped to `[mu_min, mu_max]`; `mu` is then
+            unused. `None` keeps `mu` fixed.
+        mu_min (`float`, *optional*, defaults to `0.1`):
+            Lower clamp of the chosen mu (with `mu_target_chi2`).
+        mu_max (`float`, *optional*, defaults to `100.0`):
+            Upper clamp of the chosen mu (with `mu_target_chi2`).
         max_escort_exponent (`float`, *optional*, defaults to `20.0`):
-            Cap on the escort exponent `(1 - alpha) * A`, so that no reward scale overflows the weights.
+            Cap on the escort exponent, so that no reward scale overflows the weights; at most 30.
 
     > Parameters whose defaults differ from [`GRPOConfig`]
 
@@ -128,10 +152,28 @@ class OPOConfig(GRPOConfig):
             "choices": list(RATIO_FORMS),
         },
     )
+    escort_reference: str = field(
+        default="none",
+        metadata={
+            "help": "The rollout policy's log-probability in the escort weight: 'none' (pi_k uniform over the group), "
+            "'sum' (the paper: log pi_k(y) summed over tokens) or 'mean' (its per-token mean); centred per group.",
+            "choices": list(ESCORT_REFERENCES),
+        },
+    )
+    mu_target_chi2: float | None = field(
+        default=None,
+        metadata={
+            "help": "If set, choose mu per rollout so that the closed-form step g / mu spends this chi-square budget: "
+            "mu = sqrt(mean(g^2) / mu_target_chi2), clamped to [mu_min, mu_max]. None: fixed mu."
+        },
+    )
+    mu_min: float = field(default=0.1, metadata={"help": "Lower clamp of the mu chosen with mu_target_chi2."})
+    mu_max: float = field(default=100.0, metadata={"help": "Upper clamp of the mu chosen with mu_target_chi2."})
     max_escort_exponent: float = field(
         default=MAX_ESCORT_EXPONENT,
         metadata={
-            "help": "Cap on the escort exponent (1 - alpha) * A, so that no reward scale overflows the weights."
+            "help": f"Cap on the escort exponent, so that no reward scale overflows the weights (at most "
+            f"{MAX_ESCORT_EXPONENT_LIMIT:g})."
         },
     )
     scale_rewards: str = field(
@@ -160,8 +202,27 @@ def _check_opo_fields(args: "OPOConfig") -> None:
         fail("log_ratio_aggregation", f"one of {list(LOG_RATIO_AGGREGATIONS)}")
     if args.ratio_form not in RATIO_FORMS:
         fail("ratio_form", f"one of {list(RATIO_FORMS)}")
-    if not (isinstance(args.max_escort_exponent, (int, float)) and 0 < args.max_escort_exponent <= 80):
-        fail("max_escort_exponent", "a float in (0, 80]")
+    if not (isinstance(args.max_escort_exponent, (int, float)) and 0 < args.max_escort_exponent):
+        fail("max_escort_exponent", f"a float in (0, {MAX_ESCORT_EXPONENT_LIMIT:g}]")
+    if args.max_escort_exponent > MAX_ESCORT_EXPONENT_LIMIT:
+        fail(
+            "max_escort_exponent",
+            f"at most {MAX_ESCORT_EXPONENT_LIMIT:g}: an escort weight of e^40 makes float32 gradient norms overflow",
+        )
+    if args.escort_reference not in ESCORT_REFERENCES:
+        fail("escort_reference", f"one of {list(ESCORT_REFERENCES)}")
+    if args.mu_target_chi2 is not None and not (
+        isinstance(args.mu_target_chi2, (int, float))
+        and math.isfinite(args.mu_target_chi2)
+        and args.mu_target_chi2 > 0
+    ):
+        fail("mu_target_chi2", "None or a finite float > 0")
+    for name in ("mu_min", "mu_max"):
+        value = getattr(args, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            fail(name, "a finite float > 0")
+    if args.mu_min > args.mu_max:
+        fail("mu_min", f"at most mu_max={args.mu_max!r}")
     scale = {True: "group", False: "none"}.get(args.scale_rewards, args.scale_rewards)
     if scale not in SCALE_REWARDS:
         fail("scale_rewards", f"one of {list(SCALE_REWARDS)}")

@@ -9,13 +9,15 @@ functions into `GRPOTrainer`.
 For one prompt with completions y_1..y_G sampled from the rollout policy pi_k and rewards R_i:
 
     A_i     = R_i - mean_j R_j                          centred advantage (optionally divided by a std)
-    w_i     = exp((1 - alpha) * A_i)                    alpha-escort weight (the sampling geometry)
+    w_i     = exp((1 - alpha) * (A_i - c_i))            alpha-escort weight (the sampling geometry); c_i = 0, or
+                                                        the centred log pi_k(y_i) of the paper's full escort
     g_i     = w_i - mean_j w_j                          escort drive: projection onto E_{pi_k}[v] = 0
     Delta_i = sum_t log pi_theta(y_it) - log pi_k(y_it) sequence log-ratio (or its per-token mean)
     l_i     = -g_i * v_i + (mu / 2) * v_i^2             v_i = Delta_i (log-ratio surrogate) or exp(Delta_i) - 1
 
 The quadratic term (Pearson chi-square, stiffness mu) is the trust region: there is no clipping, the Hessian in v is
-the constant mu, and the minimiser is v_i* = g_i / mu, which sums to zero over each group.
+the constant mu, and the minimiser is v_i* = g_i / mu, which sums to zero over each group. mu is either fixed or
+chosen per rollout so that that minimiser spends a chi-square budget ([`trust_region_mu`]).
 """
 
 from collections.abc import Callable
@@ -26,9 +28,13 @@ import torch
 
 LOG_RATIO_AGGREGATIONS = ("mean", "sum")
 SCALE_REWARDS = ("none", "group", "batch")
+# log pi_k(y) in the escort weight: none (pi_k uniform over the group), per-token mean, or sum (the paper).
+ESCORT_REFERENCES = ("none", "mean", "sum")
 
 # Default cap on the escort exponent (1 - alpha) * A: exp(20) ~ 4.9e8 keeps w, g and g * Delta finite in float32.
 MAX_ESCORT_EXPONENT = 20.0
+# The largest cap allowed: a weight of e^40 makes float32 gradient norms overflow.
+MAX_ESCORT_EXPONENT_LIMIT = 30.0
 # Largest log-ratio fed to exp() in the exact-ratio form; exp(20) ~ 4.9e8 keeps v and v**2 finite in float32/bf16.
 MAX_EXACT_LOG_RATIO = 20.0
 
@@ -73,15 +79,43 @@ class EscortDrive(NamedTuple):
     clipped: torch.Tensor  # bool: the exponent hit the cap
 
 
+def sequence_log_prob(per_token_logps: torch.Tensor, mask: torch.Tensor, aggregation: str) -> torch.Tensor:
+    """
+    log pi(y) of each completion from its token log-probs: the masked sum (`"sum"`) or per-token mean (`"mean"`).
+    A completion without a single unmasked token gets `NaN`: it has no reference value.
+    """
+    if aggregation not in ("mean", "sum"):
+        raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}.")
+    mask = mask.to(per_token_logps.dtype)
+    total = torch.where(mask.bool(), per_token_logps, 0.0).sum(dim=-1)
+    count = mask.sum(dim=-1)
+    value = total / count.clamp(min=1.0) if aggregation == "mean" else total
+    return torch.where(count > 0, value, torch.full_like(value, float("nan")))
+
+
 def escort_drive(
     advantages: torch.Tensor,
     num_generations: int,
     alpha: float,
     valid: torch.Tensor | None = None,
     max_exponent: float = MAX_ESCORT_EXPONENT,
+    log_reference: torch.Tensor | None = None,
 ) -> EscortDrive:
     """
-    The alpha-escort drive g_i = w_i - mean_j w_j with w_i = exp((1 - alpha) * A_i), per prompt group.
+    The alpha-escort drive g_i = w_i - mean_j w_j, per prompt group.
+
+    The escort distribution is rho_alpha ∝ pi_k^alpha * P*^(1 - alpha) with P* ∝ exp(A). Relative to pi_k, which
+    sampled the completions, its weight is
+
+        w_i = exp((1 - alpha) * (A_i - c_i)),    c_i = l_i - mean_group(l),  l_i = log pi_k(y_i)
+
+    Without `log_reference`, c = 0: pi_k is treated as uniform over the group. With it (the paper's Algorithm 1),
+    among completions of equal advantage the less likely ones get more drive, and alpha -> 0 gives P* / pi_k.
+
+    Centring l within the group multiplies every weight of the group by the same factor exp((1 - alpha) * mean l),
+    so it changes the drive's scale per group and nothing else (not which completions gain or lose, nor their
+    ratios). It is what keeps the weights usable: log pi_k of a 30-token completion is tens of nats, and
+    pi_k(y)^-(1 - alpha) alone would be around e^18. The exponent is still capped at `max_exponent`.
 
     Subtracting the group mean of w is the orthogonal projection onto probability conservation, so g sums to zero over
     the valid completions of every group. Invalid completions (`valid` false, or a `NaN` advantage) get g = 0 and are
@@ -97,8 +131,10 @@ def escort_drive(
         valid (`torch.Tensor` or `None`, *optional*):
             Boolean mask of completions that carry a reward.
         max_exponent (`float`, *optional*, defaults to `MAX_ESCORT_EXPONENT`):
-            Upper bound on the exponent (1 - alpha) * A_i, so that w never overflows to inf whatever the reward
-            scale. It only binds for advantages above max_exponent / (1 - alpha).
+            Upper bound on the exponent, so that w never overflows to inf whatever the reward scale.
+        log_reference (`torch.Tensor` or `None`, *optional*):
+            l_i = log pi_k(y_i) per completion (e.g. [`sequence_log_prob`] of the rollout policy's token log-probs),
+            shape like `advantages`. `NaN` entries (no tokens) get c_i = 0 and stay out of the group mean of l.
 
     Returns:
         [`EscortDrive`]: The drive g, the escort weights w (both 0 where invalid) and where the exponent was capped.
@@ -107,13 +143,57 @@ def escort_drive(
     ok = ~torch.isnan(advantages)
     if valid is not None:
         ok = ok & valid.to(torch.bool)
-    exponent = torch.where(ok, (1.0 - alpha) * advantages, torch.zeros_like(advantages))
+    exponent = torch.where(ok, advantages, torch.zeros_like(advantages))
+    if log_reference is not None:
+        exponent = exponent - _group_centred(log_reference.detach().to(advantages.dtype), ok, num_generations)
+    exponent = (1.0 - alpha) * exponent
     clipped = ok & (exponent > max_exponent)
     weights = torch.exp(exponent.clamp(max=max_exponent)) * ok
     grouped_w, grouped_ok = weights.view(-1, num_generations), ok.view(-1, num_generations)
     mean_w = grouped_w.sum(dim=1, keepdim=True) / grouped_ok.sum(dim=1, keepdim=True).clamp(min=1)
     drive = (grouped_w - mean_w) * grouped_ok
     return EscortDrive(drive.reshape(advantages.shape), weights, clipped)
+
+
+def _group_centred(values: torch.Tensor, ok: torch.Tensor, num_generations: int) -> torch.Tensor:
+    # values minus their group mean over the entries that are ok and not NaN; 0 elsewhere.
+    present = ok & ~torch.isnan(values)
+    grouped, grouped_present = (
+        torch.where(present, values, 0.0).view(-1, num_generations),
+        present.view(-1, num_generations),
+    )
+    mean = grouped.sum(dim=1, keepdim=True) / grouped_present.sum(dim=1, keepdim=True).clamp(min=1)
+    return ((grouped - mean) * grouped_present).reshape(values.shape)
+
+
+def trust_region_mu(
+    drive: torch.Tensor,
+    target_chi2: float,
+    valid: torch.Tensor | None = None,
+    mu_min: float = 0.0,
+    mu_max=float("inf"),
+) -> torch.Tensor:
+    """
+    The stiffness mu at which the closed-form step v* = g / mu spends exactly a chi-square budget:
+
+        mean(v*^2) = target_chi2   <=>   mu = sqrt(mean(g^2) / target_chi2)
+
+    over the valid completions of a rollout, clamped to `[mu_min, mu_max]`. With a fixed mu the size of the step moves
+    with the reward scale, alpha and the group size; with this mu it does not.
+
+    Args:
+        drive (`torch.Tensor`): The escort drive g of the whole rollout (all processes).
+        target_chi2 (`float`): The budget, > 0.
+        valid (`torch.Tensor` or `None`, *optional*): Boolean mask of the completions that carry a reward.
+        mu_min (`float`, *optional*, defaults to `0.0`): Lower clamp (a rollout without signal gives mu = mu_min).
+        mu_max (`float`, *optional*, defaults to `inf`): Upper clamp.
+
+    Returns:
+        `torch.Tensor`: mu, a 0-dim tensor on the drive's device.
+    """
+    ok = torch.ones_like(drive, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    mean_g2 = (drive.detach().double().pow(2) * ok).sum() / ok.sum().clamp(min=1)
+    return torch.sqrt(mean_g2 / target_chi2).clamp(min=mu_min, max=mu_max).to(drive.dtype)
 
 
 def sequence_log_ratio(
@@ -157,7 +237,9 @@ def _exact_ratio(delta: torch.Tensor) -> torch.Tensor:
 RATIO_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"log": _log_ratio, "exact": _exact_ratio}
 
 
-def opo_loss(delta: torch.Tensor, drive: torch.Tensor, mu: float, ratio_form: str = "log") -> torch.Tensor:
+def opo_loss(
+    delta: torch.Tensor, drive: torch.Tensor, mu: float | torch.Tensor, ratio_form: str = "log"
+) -> torch.Tensor:
     """
     Per-sequence OPO loss l_i = -g_i * v_i + (mu / 2) * v_i^2, "work minus dissipation" with the sign flipped.
 
@@ -166,7 +248,7 @@ def opo_loss(delta: torch.Tensor, drive: torch.Tensor, mu: float, ratio_form: st
     Args:
         delta (`torch.Tensor`): `(B,)` sequence log-ratios.
         drive (`torch.Tensor`): `(B,)` escort drive g (treated as a constant).
-        mu (`float`): Stiffness of the chi-square trust region, > 0.
+        mu (`float` or `torch.Tensor`): Stiffness of the chi-square trust region, > 0 (a scalar or one per sequence).
         ratio_form (`str`, *optional*, defaults to `"log"`): `"log"` (v = Delta) or `"exact"` (v = exp(Delta) - 1).
 
     Returns:
@@ -216,7 +298,7 @@ def opo_sequence_loss(
     old_per_token_logps: torch.Tensor,
     mask: torch.Tensor,
     drive: torch.Tensor,
-    mu: float,
+    mu: float | torch.Tensor,
     aggregation: str = "mean",
     ratio_form: str = "log",
     importance_weight: torch.Tensor | None = None,
@@ -234,7 +316,7 @@ def opo_sequence_loss(
         old_per_token_logps (`torch.Tensor`): `(B, T)` log-probs under the rollout policy pi_k.
         mask (`torch.Tensor`): `(B, T)` completion mask (times the tool mask).
         drive (`torch.Tensor`): `(B,)` escort drive g.
-        mu (`float`): Stiffness of the chi-square trust region.
+        mu (`float` or `torch.Tensor`): Stiffness of the chi-square trust region (a scalar or one per sequence).
         aggregation (`str`, *optional*, defaults to `"mean"`): How Delta aggregates tokens, see [`sequence_log_ratio`].
         ratio_form (`str`, *optional*, defaults to `"log"`): See [`opo_loss`].
         importance_weight (`torch.Tensor`, *optional*): `(B,)` detached weight of each sequence's loss.
@@ -257,12 +339,12 @@ def opo_sequence_loss(
 
 
 def escort_statistics(
-    escort: EscortDrive, num_generations: int, mu: float, valid: torch.Tensor | None = None
+    escort: EscortDrive, num_generations: int, mu: float | torch.Tensor, valid: torch.Tensor | None = None
 ) -> dict[str, float]:
     """
-    Diagnostics of one batch of escort drives (all processes): weight stats, |g|, effective sample size, positivity
-    violations, exponent-capped fraction, groups without signal and, given `valid`, the unscorable fraction. One host
-    sync.
+    Diagnostics of one batch of escort drives (all processes): weight stats, |g|, half the range of g per group (the
+    denominator of the paper's gradient-response efficiency), effective sample size, positivity violations,
+    exponent-capped fraction, groups without signal and, given `valid`, the unscorable fraction. One host sync.
     """
     drive, weights, clipped = escort
     # Not `weights > 0`: the weight of a very negative advantage underflows to 0 but is still a scored sample.
@@ -274,12 +356,17 @@ def escort_statistics(
     has_data = (n_group > 0).double()
     # Effective sample size of the escort weights, as a fraction of the valid completions of each group.
     ess = sum_w.pow(2) / sum_w2.clamp(min=1e-300) / n_group.clamp(min=1)
+    grouped_g, grouped_ok = drive.view(-1, num_generations).double(), ok.view(-1, num_generations)
+    g_max = torch.where(grouped_ok, grouped_g, -torch.inf).max(dim=1).values
+    g_min = torch.where(grouped_ok, grouped_g, torch.inf).min(dim=1).values
+    half_range = torch.where(n_group > 0, (g_max - g_min) / 2, 0.0)
     stats = {
         "escort_weight/mean": weights.double().sum() / n_ok,
         "escort_weight/max": weights.double().max() if weights.numel() else torch.zeros((), dtype=torch.float64),
         "escort_weight/ess": (ess * has_data).sum() / has_data.sum().clamp(min=1),
         "escort_weight/clipped_frac": (clipped & ok).double().sum() / n_ok,
         "drive/abs_mean": drive.double().abs().sum() / n_ok,
+        "drive/half_range": (half_range * has_data).sum() / has_data.sum().clamp(min=1),
         # The exact update 1 + g/mu stays a probability ratio only when g >= -mu.
         "positivity_violations": ((drive < -mu) & ok).double().sum() / n_ok,
         "groups_without_signal": (drive.view(-1, num_generations) == 0).all(dim=1).double().mean(),
@@ -289,21 +376,36 @@ def escort_statistics(
     return _to_floats(stats)
 
 
-def ratio_statistics(delta: torch.Tensor, drive: torch.Tensor, mu: float) -> dict[str, float]:
+def ratio_statistics(
+    delta: torch.Tensor, drive: torch.Tensor, mu: float | torch.Tensor, ratio_form: str = "log"
+) -> dict[str, float]:
     """
-    Diagnostics of the sequence log-ratios of a micro-batch (all processes): mean and largest |Delta|, the chi-square
-    estimate `mean((exp(Delta) - 1)^2)` (the dissipation term, whatever `ratio_form`) and the equilibrium gap
-    `mean |mu * Delta - g|` (how far from the closed-form step `Delta = g / mu`). One host sync.
+    Diagnostics of the sequence log-ratios of a micro-batch (all processes). One host sync.
+
+    - `delta/mean`, `delta/abs_max`: of Delta.
+    - `chi2`: `mean((exp(Delta) - 1)^2)`, the Pearson chi-square of the step whatever `ratio_form`. With
+      `log_ratio_aggregation="sum"` it is the chi-square of the sequence ratio pi_theta(y) / pi_k(y); with `"mean"`,
+      Delta is a per-token mean, and it is the chi-square of the geometric-mean token ratio.
+    - `equilibrium_gap`: `mean |mu * v - g|` with v the ratio field the quadratic acts on (Delta, or exp(Delta) - 1
+      in the exact form): how far the policy is from the closed-form step v* = g / mu.
     """
     delta, drive = delta.detach().float(), drive.detach().float()
+    mu = mu.detach().float() if isinstance(mu, torch.Tensor) else mu
+    v = RATIO_FORMS[ratio_form](delta)
     return _to_floats(
         {
             "delta/mean": delta.mean(),
             "delta/abs_max": delta.abs().max(),
             "chi2": torch.expm1(delta.clamp(max=MAX_EXACT_LOG_RATIO)).pow(2).mean(),
-            "equilibrium_gap": (mu * delta - drive).abs().mean(),
+            "equilibrium_gap": (mu * v - drive).abs().mean(),
         }
     )
+
+
+def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean token entropy H over the unmasked tokens of a micro-batch, as TRL's entropy bonus `- coef * H` uses it."""
+    mask = mask.to(entropies.dtype)
+    return (entropies * mask).sum() / mask.sum().clamp(min=1.0)
 
 
 def _to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:

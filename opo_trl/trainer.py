@@ -1,10 +1,24 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+import math
+import textwrap
+import warnings
+
 import torch
 from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
 from .config import OPOConfig
-from .core import escort_drive, escort_statistics, opo_sequence_loss, ratio_statistics, sequence_importance_weight
+from .core import (
+    entropy_bonus,
+    escort_drive,
+    escort_statistics,
+    opo_sequence_loss,
+    ratio_statistics,
+    sequence_importance_weight,
+    sequence_log_prob,
+    trust_region_mu,
+)
 from .validation import validate_dataset
 
 
@@ -12,11 +26,13 @@ class OPOTrainer(GRPOTrainer):
     """
     Trainer for Orthogonalized Policy Optimization (OPO).
 
-    OPO ([Wang, 2026](https://huggingface.co/papers/2601.12415)) is a drop-in replacement for [`GRPOTrainer`]: same
-    arguments, same generation, rewards, PEFT, DeepSpeed and vLLM support. Two things change, and nothing else:
+    OPO ([Wang, 2026](https://huggingface.co/papers/2601.12415)) is a drop-in replacement for [`GRPOTrainer`]: the
+    same arguments, generation, rewards (reward functions, reward models or an environment's `get_reward`), PEFT,
+    DeepSpeed and vLLM support. Two things change, and nothing else:
 
-    - the advantages become the alpha-escort drive `g = w - mean(w)`, `w = exp((1 - alpha) * A)`, computed per prompt
-      group on the advantages of all processes and then sliced for this process (`_generate_and_score_completions`);
+    - the advantages become the alpha-escort drive `g = w - mean(w)`, `w = exp((1 - alpha) * (A - c))`, computed per
+      prompt group on the advantages of all processes and then sliced for this process
+      (`_generate_and_score_completions`);
     - the clipped token loss becomes the per-sequence quadratic ratio loss `-g * Delta + (mu / 2) * Delta**2`
       (`_compute_loss`).
 
@@ -27,12 +43,14 @@ class OPOTrainer(GRPOTrainer):
 
     ```python
     from datasets import load_dataset
+    from trl.rewards import accuracy_reward
+
     from opo_trl import OPOConfig, OPOTrainer
 
     dataset = load_dataset("trl-lib/DeepMath-103K", split="train")
     trainer = OPOTrainer(
         model="Qwen/Qwen2.5-0.5B-Instruct",
-        reward_funcs="accuracy_reward",
+        reward_funcs=accuracy_reward,
         args=OPOConfig(output_dir="Qwen2.5-0.5B-OPO"),
         train_dataset=dataset,
     )
@@ -40,10 +58,38 @@ class OPOTrainer(GRPOTrainer):
     ```
     """
 
-    _tag_names = ["trl", "opo"]
+    _tag_names = ["trl", "opo", "opo-trl"]
     _name = "OPO"
+    _paper = {
+        "title": "Policy Optimization as Orthogonal Projection in Hilbert Space (Orthogonalized Policy Optimization)",
+        "id": "2601.12415",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @article{wang2026opo,
+                title        = {{Policy Optimization as Orthogonal Projection in Hilbert Space}},
+                author       = {Zixian Wang},
+                year         = 2026,
+                eprint       = {arXiv:2601.12415},
+            }"""),
+    }
 
-    def __init__(self, model, reward_funcs, args: OPOConfig | None = None, **kwargs):
+    def __init__(
+        self,
+        model,
+        reward_funcs=None,
+        args: OPOConfig | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        reward_processing_classes=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+        tools=None,
+        rollout_func=None,
+        environment_factory=None,
+    ):
         if args is None:
             model_name = model if isinstance(model, str) else get_config_model_id(model.config)
             args = OPOConfig(f"{model_name.split('/')[-1]}-OPO")
@@ -53,10 +99,28 @@ class OPOTrainer(GRPOTrainer):
                 "argument: replace `GRPOConfig(...)` with `OPOConfig(...)`."
             )
         # Bad data otherwise shows up as a KeyError in the first generation step, after the model has loaded.
-        require_prompt = kwargs.get("environment_factory") is None
-        validate_dataset(kwargs.get("train_dataset"), reward_funcs, "train", require_prompt=require_prompt)
-        validate_dataset(kwargs.get("eval_dataset"), reward_funcs, "eval", require_prompt=require_prompt)
-        super().__init__(model, reward_funcs, args=args, **kwargs)
+        require_prompt = environment_factory is None
+        validate_dataset(train_dataset, reward_funcs, "train", require_prompt=require_prompt)
+        validate_dataset(eval_dataset, reward_funcs, "eval", require_prompt=require_prompt)
+        super().__init__(
+            model,
+            reward_funcs,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            reward_processing_classes=reward_processing_classes,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+            tools=tools,
+            rollout_func=rollout_func,
+            environment_factory=environment_factory,
+        )
+        # The completions table's Delta column: row of the last rollout -> Delta at the micro-batch that used it.
+        self._opo_delta_by_row = {}
+        _warn_where_opo_does_less(self)
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         # TRL returns the rewards of all processes; keep them to know which completions could not be scored.
@@ -68,22 +132,71 @@ class OPOTrainer(GRPOTrainer):
         output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
         num_generations = self.num_generations if mode == "train" else self.num_generations_eval
+        args = self.args
 
         # TRL's advantages (centred, optionally std-scaled) are already sliced per process. The escort mean needs
         # whole groups, and a group can straddle processes, so work on the gathered advantages and slice again.
         local_advantages = output["advantages"]
         advantages = self.accelerator.gather(local_advantages)
         scorable = ~torch.isnan(self._opo_rewards_per_func).all(dim=1)
+        log_reference = None
+        if args.escort_reference != "none":
+            mask = _loss_mask(output)
+            local = sequence_log_prob(self._rollout_logps(output, mode), mask, args.escort_reference)
+            log_reference = self.accelerator.gather(local)
         escort = escort_drive(
-            advantages, num_generations, self.args.alpha, valid=scorable, max_exponent=self.args.max_escort_exponent
+            advantages,
+            num_generations,
+            args.alpha,
+            valid=scorable,
+            max_exponent=args.max_escort_exponent,
+            log_reference=log_reference,
         )
+        if args.mu_target_chi2 is None:
+            mu = torch.tensor(args.mu, device=advantages.device)
+        else:
+            mu = trust_region_mu(
+                escort.drive, args.mu_target_chi2, valid=scorable, mu_min=args.mu_min, mu_max=args.mu_max
+            )
         rank, n_local = self.accelerator.process_index, local_advantages.size(0)
-        output["advantages"] = escort.drive[rank * n_local : (rank + 1) * n_local]
+        rows = torch.arange(rank * n_local, (rank + 1) * n_local, device=local_advantages.device)
+        output["advantages"] = escort.drive[rows]
+        # Per sequence, so that they follow each completion through TRL's shuffling and splitting into micro-batches.
+        output["opo_mu"] = mu.to(local_advantages.dtype).expand(n_local).clone()
+        output["opo_row"] = rows
 
-        stats = escort_statistics(escort, num_generations, self.args.mu, valid=scorable)
+        # The completions table shows OPO's drive, not GRPO's advantage, in its "advantage" column.
+        table, drive = self._logs["advantages"], escort.drive.tolist()
+        for k in range(1, min(len(table), len(drive)) + 1):
+            table[-k] = drive[-k]
+        self._opo_delta_by_row = {}
+
+        stats = escort_statistics(escort, num_generations, mu, valid=scorable)
+        stats["mu"] = mu.item()
         for name, value in stats.items():
             self._metrics[mode][f"opo/{name}"].append(value)
         return output
+
+    def _rollout_logps(self, output, mode):
+        """Token log-probs of the completions under the rollout policy pi_k."""
+        # TRL computes them whenever a rollout is reused or vLLM's sampler is corrected: with vLLM these are the
+        # trainer's own log-probs at generation time, the same pi_k that Delta is measured against.
+        if output.get("old_per_token_logps") is not None:
+            return output["old_per_token_logps"]
+        # Otherwise the policy has not moved since generation: one no-grad forward, with the parent's own helper.
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            logps, _, _ = self._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                output["completion_ids"].size(1),
+                batch_size=batch_size,
+                **{key: output[key] for key in MULTIMODAL_KEYS if key in output},
+            )
+        return logps
 
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
@@ -118,12 +231,14 @@ class OPOTrainer(GRPOTrainer):
         importance_weight = None
         if self.use_vllm and self.vllm_importance_sampling_correction:
             importance_weight = sequence_importance_weight(inputs["importance_sampling_ratio"], mask)
+        # The rollout's mu (chosen per rollout with mu_target_chi2); a hand-built batch gets the configured one.
+        mu = inputs.get("opo_mu", self.args.mu)
         out = opo_sequence_loss(
             per_token_logps,
             old_per_token_logps,
             mask,
             inputs["advantages"],
-            self.args.mu,
+            mu,
             aggregation=self.args.log_ratio_aggregation,
             ratio_form=self.args.ratio_form,
             importance_weight=importance_weight,
@@ -138,14 +253,19 @@ class OPOTrainer(GRPOTrainer):
         loss = out.loss.mean()
         policy_loss = loss.detach()
         loss = loss / normalizer
+        if self._entropy_bonus_enabled:
+            # TRL's static entropy bonus, beside the policy term and independent of how that term is normalised.
+            loss = loss - self.entropy_coef * entropy_bonus(entropies, mask) / normalizer
+            if mode == "train" and self.accelerator.sync_gradients:
+                self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather(aux_loss.detach()).mean().item())
 
-        self._log_loss_metrics(mode, mask, entropies, out, inputs["advantages"], policy_loss)
+        self._log_loss_metrics(mode, mask, entropies, out, inputs, mu, policy_loss)
         return loss
 
-    def _log_loss_metrics(self, mode, mask, entropies, out, drive, policy_loss):
+    def _log_loss_metrics(self, mode, mask, entropies, out, inputs, mu, policy_loss):
         def global_masked_mean(x):
             totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
             return (totals[0] / totals[1].clamp(min=1.0)).item()
@@ -155,7 +275,81 @@ class OPOTrainer(GRPOTrainer):
         if out.kl is not None:
             metrics["kl"].append(global_masked_mean(out.kl))
         # One value per sequence from every process: these are what the paper's claims are about.
-        delta, drive = self.accelerator.gather(torch.stack([out.delta.detach(), drive.detach()], dim=1)).unbind(1)
-        for name, value in ratio_statistics(delta, drive, self.args.mu).items():
+        drive = inputs["advantages"]
+        mu = mu if isinstance(mu, torch.Tensor) else torch.full_like(drive, mu)
+        rows = inputs.get("opo_row", torch.full_like(drive, -1))
+        per_sequence = torch.stack([out.delta.detach(), drive.detach(), mu.to(drive.dtype), rows.to(drive.dtype)], 1)
+        delta, drive, mu, rows = self.accelerator.gather(per_sequence).unbind(1)
+        for name, value in ratio_statistics(delta, drive, mu, self.args.ratio_form).items():
             metrics[f"opo/{name}"].append(value)
         metrics["opo/policy_loss"].append(self.accelerator.gather(policy_loss).mean().item())
+        if self.log_completions:
+            self._opo_delta_by_row.update(zip(rows.long().tolist(), delta.tolist(), strict=True))
+
+    def log(self, logs, start_time=None):
+        mode = "train" if self.model.training else "eval"
+        # The paper's gradient-response efficiency: gradient norm per unit of drive (half its range in a group).
+        half_ranges = self._metrics[mode].get("opo/drive/half_range")
+        if "grad_norm" in logs and half_ranges:
+            half_range = sum(half_ranges) / len(half_ranges)
+            if half_range > 0 and math.isfinite(float(logs["grad_norm"])):
+                logs["opo/grad_response"] = float(logs["grad_norm"]) / half_range
+        if self.log_completions:
+            rows = range(len(self._logs["prompt"]))
+            self._logs["extra"]["delta"].clear()
+            self._logs["extra"]["delta"].extend(self._opo_delta_by_row.get(i, float("nan")) for i in rows)
+        super().log(logs, start_time)
+
+
+# Multimodal inputs of GRPOTrainer's forward pass, as its generation output carries them.
+MULTIMODAL_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def _loss_mask(output):
+    mask = output["completion_mask"]
+    return mask if output.get("tool_mask") is None else mask * output["tool_mask"]
+
+
+def _warn_where_opo_does_less(trainer) -> None:
+    """One warning at trainer start for each setting under which OPO quietly does less than it was asked to."""
+    args = trainer.args
+    generate_every = args.steps_per_generation * args.num_iterations
+    if args.gradient_accumulation_steps % generate_every == 0:
+        mu = "mu_target_chi2" if args.mu_target_chi2 is not None else "mu"
+        warnings.warn(
+            f"OPO's {mu}={getattr(args, mu)} has no effect: every rollout is used for exactly one optimizer step "
+            f"(steps_per_generation={args.steps_per_generation}, gradient_accumulation_steps="
+            f"{args.gradient_accumulation_steps}, num_iterations={args.num_iterations}), so Delta = 0 and the update "
+            f"is REINFORCE weighted by the escort drive. For the chi-square trust region to act, reuse each rollout: "
+            f"e.g. steps_per_generation={2 * args.gradient_accumulation_steps} or num_iterations=2.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if args.multi_objective_aggregation == "normalize_then_sum":
+        warnings.warn(
+            f"multi_objective_aggregation='normalize_then_sum' overrides scale_rewards={args.scale_rewards!r}: TRL "
+            "normalises each reward function per group and the sum by the batch std before OPO's escort drive sees "
+            "the advantages. Use multi_objective_aggregation='sum_then_normalize' for scale_rewards to apply.",
+            UserWarning,
+            stacklevel=3,
+        )
+    if trainer.use_vllm and trainer.vllm_importance_sampling_correction:
+        if args.vllm_importance_sampling_mode.startswith("token"):
+            warnings.warn(
+                f"vllm_importance_sampling_mode={args.vllm_importance_sampling_mode!r} is applied by OPO as one weight "
+                "per sequence, the masked mean of the token ratios, because OPO's loss is per sequence. Use "
+                "'sequence_mask' or 'sequence_truncate' for TRL's own sequence-level correction.",
+                UserWarning,
+                stacklevel=3,
+            )

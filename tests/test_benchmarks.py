@@ -48,3 +48,15 @@ def test_cost_loss_timing_reports_a_finite_ratio(tmp_path):
         ratio = result["loss"][f"opo_over_{baseline}"]["ratio_of_medians"]
         assert math.isfinite(ratio) and ratio > 0
     assert (tmp_path / "cost.md").read_text().startswith("# OPO vs GRPO")
+
+
+def test_cost_train_step_ratios_include_the_escort_reference(tmp_path):
+    cost = load_script("cost")
+    cost.main(["--model", "tiny", "--repeats", "1", "--warmup", "0", "--train-steps", "2", "--train-repeats", "1",
+               "--completion-length", "8", "--skip-memory", "--out", str(tmp_path)])  # fmt: skip
+
+    train = json.loads((tmp_path / "cost.json").read_text())["train"]
+    assert set(train["step_time"]) == {"opo", "opo_ref_mean", "grpo_default"}
+    for key in ("opo_over_grpo_step_time", "opo_ref_mean_over_opo_step_time", "opo_ref_mean_over_grpo_step_time"):
+        assert math.isfinite(train[key]) and train[key] > 0
+    assert "escort_reference=mean / OPO" in (tmp_path / "cost.md").read_text()

@@ -27,7 +27,11 @@ def test_paper_defaults(tmp_path):
         ("mu", float("nan"), "finite"),
         ("log_ratio_aggregation", "max", "mean"),
         ("ratio_form", "sqrt", "exact"),
-        ("max_escort_exponent", 0.0, r"\(0, 80\]"),
+        ("max_escort_exponent", 0.0, r"\(0, 30\]"),
+        ("escort_reference", "full", "sum"),
+        ("mu_target_chi2", 0.0, "> 0"),
+        ("mu_target_chi2", float("inf"), "finite"),
+        ("mu_min", -1.0, "> 0"),
         ("scale_rewards", "std", "group"),
         ("num_generations", 1, ">= 2"),
     ],
@@ -43,7 +47,6 @@ def test_invalid_values_name_field_value_and_range(tmp_path, field, value, allow
     [
         ("top_entropy_quantile", 0.2),
         ("off_policy_mask_threshold", 0.5),
-        ("entropy_coef", 0.01),
         ("use_adaptive_entropy", True),
     ],
 )

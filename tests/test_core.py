@@ -7,7 +7,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from opo_trl.core import escort_drive, escort_statistics, group_advantages, opo_loss, sequence_log_ratio
+from opo_trl.core import (
+    entropy_bonus,
+    escort_drive,
+    escort_statistics,
+    group_advantages,
+    opo_loss,
+    ratio_statistics,
+    sequence_log_prob,
+    sequence_log_ratio,
+    trust_region_mu,
+)
 
 
 def drive_from_rewards(rewards, num_generations, alpha, scale_rewards="none"):
@@ -227,3 +237,119 @@ def test_property_drive_with_missing_rewards_is_shift_invariant(rewards, alpha, 
     scale = max(1.0, g.abs().max().item())
     # NaN + shift is NaN: the same completions stay missing, and the others' drive must not move.
     torch.testing.assert_close(drive64(rewards + shift, alpha), g, rtol=1e-9, atol=1e-9 * scale)
+
+
+# -- the full alpha-escort: the rollout policy's log-probability in the weight ------------------------------------
+
+
+def test_escort_reference_by_hand_with_a_missing_reward():
+    # One group of 4: rewards (1, 1, 0, missing), log pi_k(y) = (-3, -7, -5, -1). The missing one stays out of both
+    # group means (of the rewards and of l) and gets no drive.
+    rewards = torch.tensor([1.0, 1.0, 0.0, float("nan")])
+    log_pi = torch.tensor([-3.0, -7.0, -5.0, -1.0])
+    alpha = 0.4
+    advantages = group_advantages(rewards, 4)
+    escort = escort_drive(advantages, 4, alpha, log_reference=log_pi)
+
+    a = [1 / 3, 1 / 3, -2 / 3]
+    c = [-3 - (-5), -7 - (-5), -5 - (-5)]  # l minus its mean over the three scored completions
+    w = [math.exp((1 - alpha) * (a[i] - c[i])) for i in range(3)]
+    g = [wi - sum(w) / 3 for wi in w]
+    torch.testing.assert_close(escort.drive, torch.tensor([*g, 0.0]))
+    # Equal advantage, different likelihood: the less likely completion (-7) gets more drive than the likelier (-3).
+    assert escort.drive[1] > escort.drive[0]
+    # Without the reference both rewarded completions get the same drive.
+    plain = escort_drive(advantages, 4, alpha).drive
+    assert plain[0] == plain[1]
+
+
+@pytest.mark.parametrize("aggregation", ["sum", "mean"])
+def test_sequence_log_prob_by_hand(aggregation):
+    logps = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, -0.5, -0.5], [-3.0, -3.0, -3.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [0, 0, 0]])
+    l = sequence_log_prob(logps, mask, aggregation)
+    expected = [-3.0, -1.5] if aggregation == "sum" else [-1.5, -0.5]
+    torch.testing.assert_close(l[:2], torch.tensor(expected))
+    assert torch.isnan(l[2])  # no tokens: no reference value
+
+
+def test_centring_the_reference_changes_only_the_scale_of_each_group():
+    torch.manual_seed(0)
+    advantages = group_advantages(torch.randint(0, 2, (8,)).float(), 4)
+    log_pi = -10 * torch.rand(8)
+    shifted = log_pi + torch.tensor([5.0] * 4 + [-40.0] * 4)  # a constant per group
+    torch.testing.assert_close(
+        escort_drive(advantages, 4, 0.4, log_reference=log_pi).drive,
+        escort_drive(advantages, 4, 0.4, log_reference=shifted).drive,
+    )
+    # A completion without tokens (l = NaN) gets no reference term; the others of its group are centred without it.
+    with_nan = log_pi.clone()
+    with_nan[0] = float("nan")
+    drive = escort_drive(advantages, 4, 0.4, log_reference=with_nan).drive
+    assert torch.isfinite(drive).all() and abs(drive[:4].sum()) < 1e-6
+
+
+def test_alpha_zero_with_reference_gives_p_star_over_pi_k():
+    # alpha -> 0: w ∝ exp(A) / pi_k(y) within a group.
+    advantages = torch.tensor([0.5, -0.5, 0.25, -0.25])
+    log_pi = torch.tensor([-2.0, -1.0, -4.0, -3.0])
+    w = escort_drive(advantages, 4, 0.0, log_reference=log_pi).weights
+    ratio = torch.exp(advantages) / torch.exp(log_pi)
+    torch.testing.assert_close(w / w.sum(), ratio / ratio.sum())
+
+
+def test_reference_exponent_is_capped_and_counted():
+    escort = escort_drive(torch.zeros(4), 4, 0.0, max_exponent=5.0, log_reference=torch.tensor([-100.0, 0, 0, 0]))
+    assert escort.clipped.tolist() == [True, False, False, False]
+    assert escort.weights[0] == pytest.approx(math.exp(5.0))
+
+
+# -- mu from a chi-square budget ------------------------------------------------------------------------------------
+
+
+def test_trust_region_mu_spends_exactly_the_budget():
+    torch.manual_seed(0)
+    g = drive_from_rewards(torch.rand(32), 8, 0.4)
+    for target in (1e-3, 0.05, 2.0):
+        mu = trust_region_mu(g, target)
+        assert (g / mu).pow(2).mean().item() == pytest.approx(target, rel=1e-5)
+    # Invalid completions are left out of the mean; the clamps bind.
+    valid = torch.arange(32) % 2 == 0
+    mu = trust_region_mu(g, 0.05, valid=valid)
+    assert ((g[valid] / mu) ** 2).mean().item() == pytest.approx(0.05, rel=1e-5)
+    assert trust_region_mu(g, 1e-12, mu_max=50.0).item() == 50.0
+    assert trust_region_mu(torch.zeros(8), 0.05, mu_min=0.1).item() == pytest.approx(0.1)
+
+
+def test_mu_makes_the_step_independent_of_the_reward_scale():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0])
+    for scale in (0.1, 1.0, 10.0):
+        g = drive_from_rewards(scale * rewards, 4, 0.4)
+        assert ((g / trust_region_mu(g, 0.02)) ** 2).mean().item() == pytest.approx(0.02, rel=1e-5)
+
+
+# -- what the trainer logs --------------------------------------------------------------------------------------------
+
+
+def test_equilibrium_gap_uses_the_ratio_field_of_the_loss():
+    delta, drive, mu = torch.tensor([0.2, -0.1]), torch.tensor([0.3, -0.3]), 2.0
+    log = ratio_statistics(delta, drive, mu, "log")
+    exact = ratio_statistics(delta, drive, mu, "exact")
+    assert log["equilibrium_gap"] == pytest.approx((abs(0.4 - 0.3) + abs(-0.2 + 0.3)) / 2)
+    v = [math.expm1(0.2), math.expm1(-0.1)]
+    assert exact["equilibrium_gap"] == pytest.approx((abs(2 * v[0] - 0.3) + abs(2 * v[1] + 0.3)) / 2, rel=1e-6)
+    assert log["chi2"] == exact["chi2"] == pytest.approx((v[0] ** 2 + v[1] ** 2) / 2, rel=1e-6)
+
+
+def test_half_range_of_the_drive_per_group():
+    escort = escort_drive(torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, 0.0, 0.0, -1.0]), 4, alpha=0.0)
+    stats = escort_statistics(escort, 4, mu=1.0)
+    g = escort.drive.view(2, 4)
+    expected = ((g[0].max() - g[0].min()) / 2 + (g[1].max() - g[1].min()) / 2) / 2
+    assert stats["drive/half_range"] == pytest.approx(expected.item())
+
+
+def test_entropy_bonus_is_the_masked_mean_token_entropy():
+    entropies = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert entropy_bonus(entropies, mask).item() == pytest.approx(2.0)

@@ -14,7 +14,7 @@ from .conftest import failure_report, free_port, run_distributed
 SCRIPT = Path(__file__).parent / "distributed" / "equivalence.py"
 
 
-def run(nproc, out_dir, model_dir):
+def run(nproc, out_dir, model_dir, overrides=None):
     out_dir.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
@@ -33,6 +33,7 @@ def run(nproc, out_dir, model_dir):
         str(SCRIPT),
         str(out_dir),
         model_dir,
+        *([json.dumps(overrides)] if overrides else []),
     ]
     result = run_distributed(command, env)
     assert result.returncode == 0, failure_report(result)
@@ -56,3 +57,25 @@ def test_two_processes_match_one(tmp_path, tiny_model_path):
     assert two["loss"] == pytest.approx(one["loss"], abs=1e-6)
     assert one["grad_norm"] > 0 and two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)
     torch.testing.assert_close(torch.tensor(two["params"]), torch.tensor(one["params"]), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.multiprocess
+def test_full_escort_and_chosen_mu_do_not_depend_on_the_process_count(tmp_path, tiny_model_path):
+    from opo_trl.core import escort_drive, group_advantages, trust_region_mu
+
+    overrides = {"escort_reference": "sum", "mu_target_chi2": 0.02, "mu_min": 1e-3, "mu_max": 1e3}
+    one = run(1, tmp_path / "one", tiny_model_path, overrides)
+    two = run(2, tmp_path / "two", tiny_model_path, overrides)
+    assert two["world_size"] == 2 and len(two["local_drive"]) == 6  # the second group straddles the processes
+    torch.testing.assert_close(
+        torch.tensor(two["log_reference"]), torch.tensor(one["log_reference"]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(torch.tensor(two["drive"]), torch.tensor(one["drive"]), atol=1e-6, rtol=1e-5)
+    # The drive is the full escort of the gathered rewards and rollout log-probs, worked out here from the records.
+    rewards, log_pi = torch.tensor(one["rewards"]), torch.tensor(one["log_reference"])
+    expected = escort_drive(group_advantages(rewards, 4), 4, alpha=0.3, log_reference=log_pi).drive
+    torch.testing.assert_close(torch.tensor(one["drive"]), expected, atol=1e-6, rtol=1e-5)
+    # One mu for the whole rollout, the same on 1 and 2 processes, spending the chi-square budget.
+    assert len(set(one["mu"])) == 1 and len(set(two["mu"])) == 1
+    assert two["mu"][0] == pytest.approx(one["mu"][0], rel=1e-5)
+    assert one["mu"][0] == pytest.approx(trust_region_mu(expected, 0.02).item(), rel=1e-5)

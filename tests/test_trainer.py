@@ -286,7 +286,7 @@ def test_opo_loss_reads_every_input_grpo_loss_reads():
     grpo, opo = input_keys(GRPOTrainer._compute_loss), input_keys(OPOTrainer._compute_loss)
     assert {"advantages", "pixel_values", "old_per_token_logps", "ref_per_token_logps"} <= grpo  # the parse works
     assert grpo - opo == set(NOT_READ_BY_OPO), f"GRPO's loss reads {sorted(grpo - opo - set(NOT_READ_BY_OPO))} too"
-    assert opo <= grpo
+    assert opo - grpo == {"opo_mu"}  # OPO's own: the rollout's mu, set in _generate_and_score_completions
 
 
 # -- robustness: bad rewards, degenerate completions -------------------------------------------------------------
@@ -441,3 +441,202 @@ def test_all_completions_truncated(tmp_path, tiny_model_path, prompt_dataset, ma
     assert_finite_run(trainer, 2)
     clipped = [e["completions/clipped_ratio"] for e in trainer.state.log_history if "completions/clipped_ratio" in e]
     assert clipped and min(clipped) > 0.5  # the setting does what it says: (nearly) everything is cut at 2 tokens
+
+
+# -- the full alpha-escort, mu from a chi-square budget, the entropy bonus -----------------------------------------
+
+
+def generate(trainer, prompts=("1+2=", "3+4=")):
+    trainer.model.train()
+    return trainer._generate_and_score_completions([{"prompt": p} for p in prompts for _ in range(4)])
+
+
+@pytest.mark.parametrize("reference", ["sum", "mean"])
+@pytest.mark.parametrize("reused", [False, True])
+def test_escort_reference_uses_the_rollout_policy_log_probs(
+    tmp_path, tiny_model_path, prompt_dataset, reference, reused
+):
+    # reused: TRL computes old_per_token_logps itself; otherwise OPOTrainer runs one no-grad forward.
+    steps = dict(steps_per_generation=2, per_device_train_batch_size=4) if reused else {}
+    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, escort_reference=reference, alpha=0.3, **steps)
+    output = generate(trainer)
+    assert ("old_per_token_logps" in output) == reused
+
+    with torch.no_grad():
+        logps = hand_logps(trainer.model, output["prompt_ids"], output["completion_ids"])
+    mask = output["completion_mask"].float()
+    l = (logps * mask).sum(-1)
+    l = l / mask.sum(-1) if reference == "mean" else l
+    rewards = trainer._opo_rewards_per_func[:, 0]
+    expected = escort_drive(group_advantages(rewards, 4), 4, alpha=0.3, log_reference=l).drive
+    torch.testing.assert_close(output["advantages"], expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(expected, escort_drive(group_advantages(rewards, 4), 4, alpha=0.3).drive)
+
+
+def test_mu_is_chosen_per_rollout_to_spend_the_budget(tmp_path, tiny_model_path, prompt_dataset):
+    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, mu_target_chi2=0.01, mu_min=1e-3, mu_max=1e3)
+    output = generate(trainer)
+    mu = output["opo_mu"]
+    assert torch.all(mu == mu[0]) and trainer._metrics["train"]["opo/mu"][-1] == pytest.approx(mu[0].item())
+    drive = output["advantages"]
+    assert ((drive / mu) ** 2).mean().item() == pytest.approx(0.01, rel=1e-4)
+
+    # The loss uses the rollout's mu: its curvature in Delta is mu, per sequence.
+    fixed = make_trainer(tmp_path / "fixed", tiny_model_path, prompt_dataset, mu=mu[0].item())
+    inputs = {**output, "old_per_token_logps": output.get("old_per_token_logps")}
+    inputs["old_per_token_logps"] = hand_logps(trainer.model, output["prompt_ids"], output["completion_ids"]).detach()
+    inputs["old_per_token_logps"] = inputs["old_per_token_logps"] + 0.05  # off-policy, so the quadratic acts
+    fixed.current_gradient_accumulation_steps = trainer.current_gradient_accumulation_steps = 1
+    chosen_loss = trainer._compute_loss(trainer.model, inputs)
+    fixed_loss = fixed._compute_loss(fixed.model, {k: v for k, v in inputs.items() if k != "opo_mu"})
+    torch.testing.assert_close(chosen_loss, fixed_loss)
+
+
+def test_static_entropy_bonus_is_subtracted_beside_the_policy_term(tmp_path, tiny_model_path, prompt_dataset):
+    coef, accumulation = 0.1, 2
+    plain = make_trainer(tmp_path / "a", tiny_model_path, prompt_dataset, mu=2.0)
+    bonus = make_trainer(tmp_path / "b", tiny_model_path, prompt_dataset, mu=2.0, entropy_coef=coef)
+    torch.manual_seed(1)
+    vocab = plain.model.config.vocab_size
+    prompt_ids, completion_ids = torch.randint(6, vocab, (4, 3)), torch.randint(6, vocab, (4, 5))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
+              "completion_mask": mask, "advantages": torch.tensor([0.3, -0.1, -0.5, 0.3])}  # fmt: skip
+    for trainer in (plain, bonus):
+        trainer.model.train()
+        trainer.current_gradient_accumulation_steps = accumulation
+    # H by hand: the entropy of the next-token distribution at each completion position, averaged over the mask.
+    with torch.no_grad():
+        logits = bonus.model(input_ids=torch.cat([prompt_ids, completion_ids], 1)).logits[:, 2:-1].float()
+    entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+    h = (entropy * mask).sum() / mask.sum()
+    expected = plain._compute_loss(plain.model, inputs) - coef * h / accumulation
+    torch.testing.assert_close(bonus._compute_loss(bonus.model, inputs), expected, rtol=1e-5, atol=1e-6)
+
+
+# -- warnings where OPO would quietly do less than asked ---------------------------------------------------------
+
+
+def opo_warnings(record):
+    return [str(w.message) for w in record if issubclass(w.category, UserWarning) and "OPO" in str(w.message)]
+
+
+def test_warnings_appear_when_warranted_and_not_otherwise(tmp_path, tiny_model_path, prompt_dataset):
+    import warnings
+
+    from opo_trl.trainer import _warn_where_opo_does_less
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, mu=3.0)
+    (message,) = [m for m in opo_warnings(record) if "has no effect" in m]
+    for part in ("mu=3.0", "steps_per_generation=1", "gradient_accumulation_steps=1", "num_iterations=1",
+                 "steps_per_generation=2"):  # fmt: skip
+        assert part in message
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        make_trainer(tmp_path, tiny_model_path, prompt_dataset, steps_per_generation=2, per_device_train_batch_size=4)
+        make_trainer(tmp_path, tiny_model_path, prompt_dataset, num_iterations=2)
+    assert opo_warnings(record) == []
+
+    with pytest.warns(UserWarning, match=r"normalize_then_sum' overrides scale_rewards='none'"):
+        make_trainer(tmp_path, tiny_model_path, prompt_dataset, multi_objective_aggregation="normalize_then_sum")
+
+    # vLLM cannot run here: the check runs on a trainer set up as `use_vllm=True` would leave it.
+    trainer.args.steps_per_generation = 2
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, True
+    for mode, warned in [("token_truncate", True), ("token_mask", True), ("sequence_mask", False)]:
+        trainer.args.vllm_importance_sampling_mode = mode
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            _warn_where_opo_does_less(trainer)
+        assert [m for m in opo_warnings(record) if "one weight per sequence" in m] == (
+            [m for m in opo_warnings(record) if mode in m] if warned else []
+        )
+        assert bool(opo_warnings(record)) == warned
+
+
+def test_an_escort_cap_above_30_is_rejected_with_the_reason(tmp_path):
+    with pytest.raises(ValueError, match=r"max_escort_exponent=40.0 .* e\^40 makes float32 gradient norms overflow"):
+        OPOConfig(**cpu_config_kwargs(tmp_path, max_escort_exponent=40.0))
+
+
+# -- what a run shows: metrics, the completions table, the model card -------------------------------------------
+
+
+@pytest.mark.slow
+def test_completions_table_grad_response_and_model_card(tmp_path, tiny_model_path, prompt_dataset):
+    import pandas as pd
+
+    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, log_completions=True, steps_per_generation=2,
+                           per_device_train_batch_size=4, max_steps=2)  # fmt: skip
+    trainer.train()
+    assert {"opo/grad_response", "opo/mu", "opo/drive/half_range"} <= logged(trainer)
+    step = next(e for e in trainer.state.log_history if "opo/grad_response" in e)
+    assert step["opo/grad_response"] == pytest.approx(step["grad_norm"] / step["opo/drive/half_range"], rel=1e-4)
+
+    table = pd.read_parquet(tmp_path / "completions" / "completions_00002.parquet")
+    # The advantage column holds OPO's drive: zero-sum per group, not GRPO's advantages.
+    drive = torch.tensor(table["advantage"].to_list()).view(-1, 4)
+    torch.testing.assert_close(drive.sum(1), torch.zeros(len(drive)), atol=1e-6, rtol=0)
+    # Delta of each completion at the micro-batch that used it: 0 in step 1 (pi_k itself), not 0 in step 2.
+    delta = table["delta"].to_numpy()
+    assert len(delta) == 8 and (delta == 0).sum() == 4 and (abs(delta) > 0).sum() == 4
+
+    trainer.create_model_card(model_name="tiny-opo")
+    card = (tmp_path / "README.md").read_text()
+    assert "OPO" in card and "2601.12415" in card and "Orthogonal Projection" in card and "DeepSeekMath" not in card
+
+
+# -- drop-in: GRPOTrainer's signature, any reward source -----------------------------------------------------------
+
+
+def test_signature_is_grpo_trainers():
+    def described(cls):
+        return [(p.name, p.default, p.kind) for p in inspect.signature(cls.__init__).parameters.values()]
+
+    assert described(OPOTrainer) == described(GRPOTrainer)
+
+
+class CountingEnv:
+    """
+    An environment that owns the reward (TRL 1.16's `get_reward`). Its state is the number of episodes it has seen,
+    so rollouts of the same prompt get different rewards, as they would from a stochastic environment.
+    """
+
+    episodes = 0
+
+    def reset(self, **kwargs):
+        CountingEnv.episodes += 1
+        self.state = CountingEnv.episodes % 3
+        return None
+
+    def get_reward(self):
+        return float(self.state)
+
+
+def test_no_reward_source_is_grpo_trainers_own_error(tmp_path, tiny_model_path, prompt_dataset):
+    args = OPOConfig(**cpu_config_kwargs(tmp_path))
+    with pytest.raises(ValueError, match="No reward source provided"):
+        OPOTrainer(model=tiny_model_path, args=args, train_dataset=prompt_dataset)
+
+
+@pytest.mark.slow
+def test_environment_that_owns_the_reward_drives_opo(tmp_path, tiny_model_path):
+    from importlib.resources import files
+
+    from transformers import AutoTokenizer
+
+    # Environments need a chat template that renders tool calls: TRL's own Qwen2.5 template.
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    tokenizer.chat_template = files("trl.chat_templates").joinpath("qwen2_5.jinja").read_text()
+    prompts = [[{"role": "user", "content": f"{a}{'1' * b}+{b}="}] for a in range(4) for b in range(4)]
+    trainer = OPOTrainer(model=tiny_model_path, args=OPOConfig(**cpu_config_kwargs(tmp_path, max_steps=2)),
+                         train_dataset=Dataset.from_dict({"prompt": prompts}), processing_class=tokenizer,
+                         environment_factory=CountingEnv)  # fmt: skip
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert changed(before, trainer.model)
+    assert {"rewards/CountingEnv/mean", "opo/drive/abs_mean", "opo/mu"} <= logged(trainer)
+    assert any(e.get("opo/drive/abs_mean", 0) > 0 for e in trainer.state.log_history)

@@ -1,11 +1,11 @@
 """
 One OPO step on fixed completions, run by 1 or 2 processes (gloo), for the multi-process equivalence test.
 
-    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 tests/distributed/equivalence.py OUT_DIR MODEL_DIR
+    OMP_NUM_THREADS=1 torchrun --nproc_per_node 2 tests/distributed/equivalence.py OUT_DIR MODEL_DIR ['{"alpha": 0.5}']
 
 Completions come from a `rollout_func` that derives them from the prompt and the global row index, so a 1-process
 and a 2-process run see the very same completions and rewards. With 12 rows per step and G = 4, the second prompt's
-group straddles the two processes.
+group straddles the two processes. An optional third argument, a JSON mapping, overrides OPOConfig fields.
 """
 
 import json
@@ -15,6 +15,7 @@ import torch
 from datasets import Dataset
 
 from opo_trl import OPOConfig, OPOTrainer
+from opo_trl.core import sequence_log_prob
 
 
 ROWS_PER_STEP, G = 12, 4
@@ -36,7 +37,7 @@ def reward(completions, **kwargs):
     return [float(sum(ch.isdigit() for ch in c)) - 0.1 * len(c) for c in completions]
 
 
-def main(out_dir, model_dir):
+def main(out_dir, model_dir, overrides=None):
     dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(6) for b in range(6)]})
     args = OPOConfig(
         output_dir=out_dir,
@@ -53,13 +54,20 @@ def main(out_dir, model_dir):
         max_completion_length=16,
         alpha=0.3,
         per_device_train_batch_size=ROWS_PER_STEP // int(__import__("os").environ.get("WORLD_SIZE", "1")),
+        **(overrides or {}),
     )
     trainer = OPOTrainer(
         model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, rollout_func=rollout_func
     )
 
     seen = {}
-    generate = trainer._generate_and_score_completions
+    generate, rollout_logps = trainer._generate_and_score_completions, trainer._rollout_logps
+
+    def record_reference(output, mode):
+        logps = rollout_logps(output, mode)
+        local = sequence_log_prob(logps, output["completion_mask"], "sum")
+        seen["log_reference"] = trainer.accelerator.gather(local).tolist()
+        return logps
 
     def record(inputs):
         output = generate(inputs)
@@ -67,9 +75,11 @@ def main(out_dir, model_dir):
         seen["drive"] = trainer.accelerator.gather(output["advantages"]).tolist()
         seen["local_drive"] = output["advantages"].tolist()
         seen["rewards"] = trainer._opo_rewards_per_func[:, 0].tolist()
+        seen["mu"] = trainer.accelerator.gather(output["opo_mu"]).tolist()
         return output
 
     trainer._generate_and_score_completions = record
+    trainer._rollout_logps = record_reference
     trainer.train()
     if trainer.accelerator.is_main_process:
         params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
@@ -89,4 +99,4 @@ def main(out_dir, model_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
