@@ -1,31 +1,36 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 """
-`opo-trl compare`: OPO against GRPO, DAPO and GSPO through one code path.
+`opo-trl compare`: OPO against GRPO, DAPO and GSPO through one code path, with confidence intervals.
 
     opo-trl compare --config recipes/compare_cpu.yaml --algorithms opo grpo dapo gspo --seeds 0 1 2 \\
-        --output_dir runs/compare [--last_k 5] [--key value ...]
+        --output_dir runs/compare [--learning_rates opo=3e-5 grpo=1e-5] [--last_k 5] [--key value ...]
 
-Every run is the training job of `opo-trl train --config <recipe> --algorithm <a> --seed <s>` in its own process (so peak memory is the
-run's own), with the same task, model, generation budget and step count; only the algorithm differs. Finished runs
-(a `summary.json` in their folder) are kept, so an interrupted comparison resumes where it stopped. Then writes:
+Every run is the training job of `opo-trl train --config <recipe> --algorithm <a> --seed <s>` in its own process (so
+peak memory is the run's own), with the same task, model, generation budget and step count; only the algorithm (and,
+if given, its learning rate) differs. Finished runs (a `summary.json` in their folder) are kept, so an interrupted
+comparison resumes where it stopped. The runs of one seed share the evaluation of the initial model. Then writes:
 
 - `steps.csv`: one row per (algorithm, seed, step) with training reward, held-out accuracy, grad norm, entropy,
-  completion length, step time and the `opo/` diagnostics;
-- `summary.md` / `summary.json`: mean and spread over seeds per algorithm;
-- `reward.png`, `heldout.png`, `grad_norm.png`: one line per algorithm, a band over seeds.
+  completion length, the baselines' handicaps and the `opo/` diagnostics;
+- `summary.md` / `summary.json`: held-out accuracy after training with 95% bootstrap intervals over problems and
+  seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), and the other figures;
+- `curves.png`: held-out accuracy, training reward, gradient norm, entropy, completion length and OPO's chi-square,
+  equilibrium gap and mu over the steps, with bands over seeds (see `opo_trl.plots`).
 """
 
 import argparse
 import csv
 import json
-import math
 import statistics
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from . import stats
 from .run import HELDOUT_FILE
 
 
@@ -33,33 +38,81 @@ STEP_COLUMNS = {
     "reward": "reward",
     "reward_std": "reward_std",
     "heldout_accuracy": "heldout/accuracy",
+    "heldout_interim_accuracy": "heldout/interim_accuracy",
+    "heldout_greedy_accuracy": "heldout/greedy_accuracy",
     "grad_norm": "grad_norm",
     "entropy": "entropy",
     "completion_length": "completions/mean_length",
+    "truncated_frac": "completions/clipped_ratio",
+    "clip_frac": "clip_ratio/region_mean",
     "step_time": "step_time",
 }
 
 
-def run_comparison(config, algorithms, seeds, output_dir, extra_args=(), last_k=5, in_process=False):
-    """Run every (seed, algorithm) pair not yet finished, then aggregate; returns the summary rows."""
+@dataclass
+class RunRecord:
+    """One finished run: its summary, its logged steps and its held-out evaluations."""
+
+    name: str
+    seed: int
+    summary: dict
+    steps: list[dict]
+    heldout: list[dict]
+
+    def outcomes(self, greedy: bool = False, before: bool = False) -> np.ndarray | None:
+        """Per-problem outcomes of the evaluation before (step 0) or after training: the fraction of correct samples,
+        or greedy decoding's 0/1."""
+        full = [r for r in self.heldout if r.get("fingerprint")]
+        if not full or (not before and len(full) < 2):
+            return None
+        record = full[0] if before else full[-1]
+        if greedy:
+            return None if record["greedy"] is None else np.asarray(record["greedy"], dtype=np.float64)
+        return np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
+
+    def values(self, key: str) -> list[float]:
+        return [e[key] for e in self.steps if e.get(key) is not None]
+
+
+def load_run(run_dir: Path, name: str | None = None, seed: int | None = None) -> RunRecord:
+    """Read a finished run's `summary.json`, `metrics.jsonl` and (if present) `heldout.jsonl`."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    by_step = {}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        entry = json.loads(line)
+        if "step" not in entry or "train_runtime" in entry:
+            continue
+        by_step.setdefault(entry["step"], {}).update(entry)
+    heldout_path = run_dir / HELDOUT_FILE
+    heldout = (
+        [json.loads(line) for line in heldout_path.read_text().splitlines() if line] if heldout_path.exists() else []
+    )
+    return RunRecord(
+        name=name or summary.get("name") or summary["algorithm"],
+        seed=summary["seed"] if seed is None else seed,
+        summary=summary,
+        steps=[by_step[s] for s in sorted(by_step)],
+        heldout=heldout,
+    )
+
+
+def run_comparison(
+    config, algorithms, seeds, output_dir, extra_args=(), last_k=5, in_process=False, learning_rates=None
+):
+    """Run every (seed, algorithm) pair not yet finished, then write the report; returns its summary rows."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    learning_rates = learning_rates or {}
     pairs = [(seed, algorithm) for seed in seeds for algorithm in algorithms]
     for seed, algorithm in tqdm(pairs, desc="comparison runs"):
         run_dir = output_dir / f"{algorithm}-seed{seed}"
         if (run_dir / "summary.json").exists():
             continue
-        args = [
-            "--config",
-            str(config),
-            "--algorithm",
-            algorithm,
-            "--seed",
-            str(seed),
-            "--output_dir",
-            str(run_dir),
-            *extra_args,
-        ]
+        args = ["--config", str(config), "--algorithm", algorithm, "--seed", str(seed), "--output_dir", str(run_dir)]
+        if algorithm in learning_rates:
+            args += ["--learning_rate", str(learning_rates[algorithm])]
+        args += list(extra_args)
         # The initial model is the same for every algorithm of a seed: evaluate it once.
         before = _run_evaluated_before(output_dir, algorithms, seed)
         if before is not None:
@@ -70,7 +123,13 @@ def run_comparison(config, algorithms, seeds, output_dir, extra_args=(), last_k=
             main(args)
         else:
             subprocess.run([sys.executable, "-m", "opo_trl.run", *args], check=True)
-    return aggregate(output_dir, algorithms, seeds, last_k)
+    runs = [
+        load_run(output_dir / f"{a}-seed{s}", a, s)
+        for s in seeds
+        for a in algorithms
+        if (output_dir / f"{a}-seed{s}" / "summary.json").exists()
+    ]
+    return write_report(runs, output_dir, last_k=last_k)
 
 
 def _run_evaluated_before(output_dir, algorithms, seed):
@@ -82,168 +141,184 @@ def _run_evaluated_before(output_dir, algorithms, seed):
     return None
 
 
-def load_run(run_dir):
-    """Per-step rows and the summary of one finished run."""
-    summary = json.loads((run_dir / "summary.json").read_text())
-    by_step = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
-        if "step" not in entry or "train_runtime" in entry:
-            continue
-        by_step.setdefault(entry["step"], {}).update(entry)
-    return summary, [by_step[s] for s in sorted(by_step)]
+def outcome_matrix(runs: list[RunRecord], seeds: list[int], greedy=False, before=False) -> np.ndarray | None:
+    """`outcomes[seed, problem]` of the runs of the given seeds, in that order; `None` if any is missing."""
+    by_seed = {r.seed: r for r in runs}
+    rows = [by_seed[s].outcomes(greedy=greedy, before=before) if s in by_seed else None for s in seeds]
+    if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+        return None
+    return np.stack(rows)
 
 
-def aggregate(output_dir, algorithms, seeds, last_k=5):
-    output_dir = Path(output_dir)
-    runs = {}
-    for algorithm in algorithms:
-        for seed in seeds:
-            run_dir = output_dir / f"{algorithm}-seed{seed}"
-            if (run_dir / "summary.json").exists():
-                runs[algorithm, seed] = load_run(run_dir)
-    _write_steps_csv(output_dir / "steps.csv", runs)
-    rows = [
-        _summary_row(algorithm, [runs[a, s] for a, s in runs if a == algorithm], last_k) for algorithm in algorithms
+def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo") -> dict:
+    """Per algorithm: accuracies with intervals and the other figures; per baseline: the paired difference to OPO."""
+    names = list(dict.fromkeys(r.name for r in runs))
+    by_name = {n: sorted((r for r in runs if r.name == n), key=lambda r: r.seed) for n in names}
+    rows = []
+    for name, group in by_name.items():
+        seeds = [r.seed for r in group]
+        row = {
+            "algorithm": name,
+            "seeds": seeds,
+            "learning_rate": _common(r.summary.get("learning_rate") for r in group),
+        }
+        for key, kwargs in (("before", {"before": True}), ("after", {}), ("greedy_after", {"greedy": True})):
+            matrix = outcome_matrix(group, seeds, **kwargs)
+            row[key] = None if matrix is None else vars(stats.mean_ci(matrix)) | {"str": str(stats.mean_ci(matrix))}
+        row["final_reward"] = _spread(
+            [statistics.fmean(r.values("reward")[-last_k:]) for r in group if r.values("reward")]
+        )
+        grad_norms = [g for r in group for g in r.values("grad_norm")]
+        row["grad_norm"] = _quartiles(grad_norms)
+        row["zero_grad_steps"] = sum(g == 0 for g in grad_norms)
+        row["steps"] = len(grad_norms)
+        row["truncated_frac"] = _spread(
+            [
+                statistics.fmean(r.values("completions/clipped_ratio"))
+                for r in group
+                if r.values("completions/clipped_ratio")
+            ]
+        )
+        row["clip_frac"] = _spread(
+            [statistics.fmean(r.values("clip_ratio/region_mean")) for r in group if r.values("clip_ratio/region_mean")]
+        )
+        row["seconds_per_step"] = _spread([r.summary.get("seconds_per_step") for r in group])
+        row["wall_minutes"] = _spread([r.summary["wall_seconds"] / 60 for r in group if r.summary.get("wall_seconds")])
+        rows.append(row)
+    paired = []
+    if reference in by_name:
+        for name in names:
+            if name == reference:
+                continue
+            seeds = sorted({r.seed for r in by_name[reference]} & {r.seed for r in by_name[name]})
+            entry = {"baseline": name, "seeds": seeds}
+            for key, kwargs in (("after", {}), ("greedy_after", {"greedy": True})):
+                a = outcome_matrix(by_name[reference], seeds, **kwargs)
+                b = outcome_matrix(by_name[name], seeds, **kwargs)
+                estimate = None if a is None or b is None or a.shape != b.shape else stats.paired_difference(a, b)
+                entry[key] = (
+                    None if estimate is None else vars(estimate) | {"str": str(estimate), "verdict": estimate.verdict}
+                )
+            paired.append(entry)
+    return {"algorithms": rows, "paired": paired, "reference": reference}  # fmt: skip
+
+
+def summary_markdown(summary: dict, last_k: int = 5) -> str:
+    def ci(cell):
+        return "n/a" if cell is None else cell["str"]
+
+    def spread(cell, digits=3):
+        return "n/a" if cell is None else f"{cell['mean']:.{digits}f} ± {cell['std']:.{digits}f}"
+
+    def quartiles(cell):
+        return "n/a" if cell is None else f"{cell['median']:.3f} [{cell['q1']:.3f}, {cell['q3']:.3f}]"
+
+    lines = [
+        "| algorithm | seeds | learning rate | held-out before | held-out after [95% CI] | greedy after [95% CI] | "
+        f"training reward (last {last_k}) | grad norm median [IQR] | zero-grad steps | truncated | clip frac | "
+        "s / step | wall min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    rows = [r for r in rows if r is not None]
-    (output_dir / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (output_dir / "summary.md").write_text(summary_markdown(rows, last_k) + "\n" + per_run_markdown(runs, last_k))
-    _plot(output_dir, runs, algorithms)
-    return rows
+    for r in summary["algorithms"]:
+        lines.append(
+            f"| {r['algorithm']} | {len(r['seeds'])} | {r['learning_rate'] if r['learning_rate'] is not None else '-'} | "
+            f"{ci(r['before'])} | {ci(r['after'])} | {ci(r['greedy_after'])} | {spread(r['final_reward'])} | "
+            f"{quartiles(r['grad_norm'])} | {r['zero_grad_steps']}/{r['steps']} | {spread(r['truncated_frac'])} | "
+            f"{spread(r['clip_frac'])} | {spread(r['seconds_per_step'], 1)} | {spread(r['wall_minutes'], 1)} |"
+        )
+    lines += [
+        "",
+        "Held-out accuracy: pass@1 over the held-out problems (the mean over the samples of each problem), mean over "
+        "seeds and problems with a 95% bootstrap interval over both. Training reward, truncated fraction and clip "
+        "fraction: mean ± std over seeds of each run's mean. Grad norm: over every logged step of every seed.",
+    ]
+    if summary["paired"]:
+        reference = summary["reference"]
+        lines += [
+            "",
+            f"| {reference} vs | common seeds | Δ held-out [95% CI], p | verdict | Δ greedy [95% CI], p | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for p in summary["paired"]:
+            after, greedy = p["after"], p["greedy_after"]
+            lines.append(
+                f"| {p['baseline']} | {len(p['seeds'])} | {ci(after)} | {after['verdict'] if after else 'n/a'} | "
+                f"{ci(greedy)} | {greedy['verdict'] if greedy else 'n/a'} |"
+            )
+        lines += [
+            "",
+            f"Δ = {reference} minus the baseline on the same seeds and problems. A verdict says 'ahead' or 'behind' "
+            "only when the interval excludes 0.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def per_run_markdown(runs: list[RunRecord], last_k: int = 5) -> str:
+    lines = [
+        f"| algorithm | seed | held-out before | held-out after | greedy after | training reward (last {last_k}) | "
+        "s / step | wall min | peak RSS (MB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(runs, key=lambda r: (r.name, r.seed)):
+        s = r.summary
+        rewards = r.values("reward")
+        final = statistics.fmean(rewards[-last_k:]) if rewards else float("nan")
+        lines.append(
+            f"| {r.name} | {r.seed} | {_fmt(s.get('heldout_accuracy_before'))} | {_fmt(s.get('heldout_accuracy_after'))} "
+            f"| {_fmt(s.get('heldout_greedy_after'))} | {final:.3f} | {_fmt(s.get('seconds_per_step'), 1)} | "
+            f"{_fmt(s['wall_seconds'] / 60 if s.get('wall_seconds') else None, 1)} | {_fmt(s.get('peak_rss_mb'), 0)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs: list[RunRecord], output_dir, last_k: int = 5, title: str | None = None) -> dict:
+    """steps.csv, summary.json, summary.md and curves.png of `runs` into `output_dir`; returns the summary."""
+    from .plots import plot_curves
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _write_steps_csv(output_dir / "steps.csv", runs)
+    summary = summary_rows(runs, last_k)
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = summary_markdown(summary, last_k) + "\n" + per_run_markdown(runs, last_k)
+    (output_dir / "summary.md").write_text((f"# {title}\n\n" if title else "") + text)
+    plot_curves(runs, output_dir / "curves.png", title=title)
+    return summary
 
 
 def _write_steps_csv(path, runs):
-    opo_keys = sorted({k for _, steps in runs.values() for e in steps for k in e if k.startswith("opo/")})
+    opo_keys = sorted({k for r in runs for e in r.steps for k in e if k.startswith("opo/")})
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["algorithm", "seed", "step", *STEP_COLUMNS, *opo_keys])
-        for (algorithm, seed), (_, steps) in sorted(runs.items()):
-            for e in steps:
+        for r in sorted(runs, key=lambda r: (r.name, r.seed)):
+            for e in r.steps:
                 values = [e.get(key) for key in STEP_COLUMNS.values()] + [e.get(k) for k in opo_keys]
-                writer.writerow([algorithm, seed, e["step"], *["" if v is None else v for v in values]])
+                writer.writerow([r.name, r.seed, e["step"], *["" if v is None else v for v in values]])
 
 
-def _mean_spread(values):
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+def _spread(values):
+    values = [v for v in values if v is not None]
     if not values:
         return None
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-        "min": min(values),
-        "max": max(values),
-        "n": len(values),
-    }
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values), "max": max(values), "n": len(values)}  # fmt: skip
 
 
-def _summary_row(algorithm, runs, last_k):
-    if not runs:
+def _quartiles(values):
+    if not values:
         return None
-
-    def per_run(fn):
-        return _mean_spread([fn(summary, steps) for summary, steps in runs])
-
-    def last_rewards(steps):
-        rewards = [e["reward"] for e in steps if "reward" in e]
-        return statistics.fmean(rewards[-last_k:]) if rewards else None
-
-    def mean_of(steps, key):
-        values = [e[key] for e in steps if key in e]
-        return statistics.fmean(values) if values else None
-
-    return {
-        "algorithm": algorithm,
-        "seeds": len(runs),
-        "final_reward": per_run(lambda s, steps: last_rewards(steps)),
-        "heldout_before": per_run(lambda s, steps: s.get("heldout_accuracy_before")),
-        "heldout_after": per_run(lambda s, steps: s.get("heldout_accuracy_after")),
-        "grad_norm": per_run(lambda s, steps: mean_of(steps, "grad_norm")),
-        "seconds_per_step": per_run(lambda s, steps: s.get("seconds_per_step")),
-        "peak_rss_mb": per_run(lambda s, steps: s.get("peak_rss_mb")),
-    }
+    q1, median, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+    return {"median": float(median), "q1": float(q1), "q3": float(q3), "n": len(values)}
 
 
-def summary_markdown(rows, last_k):
-    def fmt(stat, digits=3):
-        if stat is None:
-            return "n/a"
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f} [{stat['min']:.{digits}f}, {stat['max']:.{digits}f}]"
-
-    lines = [
-        f"| algorithm | seeds | training reward (last {last_k} logged) | held-out acc. before | held-out acc. after | "
-        "mean grad norm | s / step | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['algorithm']} | {r['seeds']} | {fmt(r['final_reward'])} | {fmt(r['heldout_before'])} | "
-            f"{fmt(r['heldout_after'])} | {fmt(r['grad_norm'])} | {fmt(r['seconds_per_step'], 1)} | "
-            f"{fmt(r['peak_rss_mb'], 0)} |"
-        )
-    lines.append("")
-    lines.append("Each cell: mean ± std over seeds [min, max].")
-    return "\n".join(lines) + "\n"
+def _common(values):
+    values = set(values)
+    return values.pop() if len(values) == 1 else None
 
 
-def per_run_markdown(runs, last_k):
-    lines = [
-        f"| algorithm | seed | held-out before | held-out after | training reward (last {last_k} logged) | s / step | "
-        "peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for (algorithm, seed), (summary, steps) in sorted(runs.items()):
-        rewards = [e["reward"] for e in steps if "reward" in e]
-        final = statistics.fmean(rewards[-last_k:]) if rewards else float("nan")
-        lines.append(
-            f"| {algorithm} | {seed} | {summary.get('heldout_accuracy_before', float('nan')):.3f} | "
-            f"{summary.get('heldout_accuracy_after', float('nan')):.3f} | {final:.3f} | "
-            f"{summary.get('seconds_per_step') or float('nan'):.1f} | {summary.get('peak_rss_mb', float('nan')):.0f} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _plot(output_dir, runs, algorithms):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("[opo-trl] matplotlib not installed: no plots (pip install opo-trl[plot])", file=sys.stderr)
-        return
-    for name, key, label in [
-        ("reward", "reward", "training reward"),
-        ("heldout", "heldout/accuracy", "held-out accuracy"),
-        ("grad_norm", "grad_norm", "gradient norm"),
-    ]:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        for algorithm in algorithms:
-            curves = [
-                {e["step"]: e[key] for e in steps if key in e} for (a, _), (_, steps) in runs.items() if a == algorithm
-            ]
-            curves = [c for c in curves if c]
-            if not curves:
-                continue
-            steps = sorted(set().union(*curves))
-            values = [[c[s] for c in curves if s in c] for s in steps]
-            mean = [statistics.fmean(v) for v in values]
-            line = ax.plot(
-                steps,
-                mean,
-                label=f"{algorithm} ({len(curves)} seeds)",
-                marker="o" if key.startswith("held") else None,
-                markersize=3,
-            )
-            ax.fill_between(
-                steps, [min(v) for v in values], [max(v) for v in values], alpha=0.15, color=line[0].get_color()
-            )
-        ax.set(xlabel="step", ylabel=label, title=f"{label} (mean, band = min..max over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(output_dir / f"{name}.png", dpi=120)
-        plt.close(fig)
+def _fmt(value, digits=3):
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv):
@@ -252,8 +327,17 @@ def main(argv):
     parser.add_argument("--algorithms", nargs="+", default=["opo", "grpo", "dapo", "gspo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--output_dir", default="runs/compare")
+    parser.add_argument(
+        "--learning_rates", nargs="*", default=[], help="Per-algorithm learning rates, e.g. opo=3e-5 grpo=1e-5."
+    )
     parser.add_argument("--last_k", type=int, default=5, help="Steps averaged for the final training reward.")
     args, extra = parser.parse_known_args(argv)
-    rows = run_comparison(args.config, args.algorithms, args.seeds, args.output_dir, extra, args.last_k)
-    print(summary_markdown(rows, args.last_k))
+    try:
+        rates = {k: float(v) for k, v in (item.split("=", 1) for item in args.learning_rates)}
+    except ValueError:
+        parser.error(f"--learning_rates takes algorithm=rate pairs, e.g. opo=3e-5; got {args.learning_rates}")
+    summary = run_comparison(
+        args.config, args.algorithms, args.seeds, args.output_dir, extra, args.last_k, learning_rates=rates
+    )
+    print(summary_markdown(summary, args.last_k))
     return 0

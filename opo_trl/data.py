@@ -218,8 +218,11 @@ def load_math(
 
 
 REASONING_GYM_PREFIX = "reasoning_gym/"
-# Split offsets of the generator seed: train, validation and test come from different seeds, then are de-duplicated.
+# Train, validation and test come from different generator seeds, then are de-duplicated. reasoning-gym draws item i
+# of seed s from Random(s + i), so seeds 1 and 2 give the same problems shifted by one: the seeds of the splits are
+# SEED_STRIDE apart, which keeps their index ranges apart for any split smaller than that.
 _GYM_SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
+SEED_STRIDE = 1_000_000
 
 
 def load_reasoning_gym(
@@ -232,9 +235,10 @@ def load_reasoning_gym(
     r"""
     Problems of a [reasoning-gym](https://github.com/open-thought/reasoning-gym) task as `prompt` / `answer` rows.
 
-    Each split is generated with its own seed (`1000 * seed + k`, k = 0, 1, 2 for train, validation, test), and a
-    problem whose question already appears in an earlier split (test before validation before train) is dropped and
-    replaced by a fresh one, so the splits are disjoint by construction and checked. Every row also carries the task
+    Each split is generated with its own seed (`(3 * seed + k) * SEED_STRIDE`, k = 0, 1, 2 for train, validation,
+    test: reasoning-gym seeds item i of seed s with s + i, so nearby seeds would give shifted copies of the same
+    problems), and a problem whose question already appears in an earlier split (test before validation before train)
+    is dropped and replaced by a fresh one, so the splits are disjoint by construction and checked. Every row also carries the task
     name (`rg_task`) and the generator's entry as JSON (`rg_entry`), which [`~rewards.reasoning_gym_reward`] hands to
     the task's own `score_answer`.
 
@@ -286,10 +290,10 @@ def load_reasoning_gym(
         if size <= 0:
             continue
         rows = {"prompt": [], "answer": [], "rg_task": [], "rg_entry": []}
-        # Ask for more than needed: the duplicates of other splits (and of this one) are skipped.
-        generated = reasoning_gym.create_dataset(
-            task, size=2 * size + 16, seed=1000 * seed + _GYM_SPLIT_SEEDS[split], **options
-        )
+        # Ask for more than needed: the duplicates of other splits (and of this one) are skipped. Small problem spaces
+        # repeat often (chain_sum draws a digit count, then the numbers: its 200 one-digit sums come up half the time).
+        split_seed = (3 * seed + _GYM_SPLIT_SEEDS[split]) * SEED_STRIDE
+        generated = reasoning_gym.create_dataset(task, size=4 * size + 64, seed=split_seed, **options)
         for entry in generated:
             if len(rows["prompt"]) == size:
                 break

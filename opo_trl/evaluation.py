@@ -1,6 +1,7 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 """Held-out evaluation: how often a policy answers prompts it was not trained on, problem by problem."""
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,10 +21,13 @@ class HeldoutResult:
             For each problem, one outcome per sample drawn at the sampling temperature.
         greedy (`list[float]`, *optional*):
             For each problem, the outcome of greedy decoding, if it was measured.
+        seconds (`float`, *optional*):
+            Wall time of the evaluation.
     """
 
     sampled: list[list[float]]
     greedy: list[float] | None = field(default=None)
+    seconds: float | None = field(default=None, compare=False)
 
     @property
     def pass_at_1(self) -> float:
@@ -76,6 +80,7 @@ def evaluate_heldout(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+    began = time.perf_counter()
     was_training = model.training
     model.eval()
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -101,7 +106,7 @@ def evaluate_heldout(
         tokenizer.padding_side = padding_side
         torch.random.set_rng_state(generator_state)
         model.train(was_training)
-    return HeldoutResult(sampled=sampled, greedy=greedy_outcomes)
+    return HeldoutResult(sampled=sampled, greedy=greedy_outcomes, seconds=time.perf_counter() - began)
 
 
 def sampled_accuracy(model, tokenizer, dataset: Dataset, reward_func: Callable, **kwargs) -> float:

@@ -1,42 +1,68 @@
-"""The comparison harness on a tiny model: two steps per algorithm, every file written, the table well-formed."""
+"""The comparison harness end to end on a tiny model: reasoning-gym data, runs, paired statistics, tables, plots."""
 
 import csv
+import json
 
 import pytest
 import yaml
 
-from opo_trl.compare import run_comparison
+from opo_trl.compare import load_run, run_comparison
 
 from .conftest import tiny_recipe
 
 
 @pytest.mark.slow
-def test_comparison_writes_steps_summary_and_plots(tmp_path, tiny_model_path):
+def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_model_path):
+    pytest.importorskip("reasoning_gym")
+    recipe = tiny_recipe(
+        tmp_path, tiny_model_path, dataset_name="reasoning_gym/chain_sum", reward_funcs=["reasoning_gym"],
+        dataset_options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, dataset_seed=0,
+        num_train_samples=16, num_test_samples=6, heldout_eval=True, heldout_num_samples=2, heldout_greedy=True,
+        heldout_eval_steps=1, heldout_interim_max_samples=3, steps_per_generation=2, max_steps=2,
+    )  # fmt: skip
+    del recipe["max_operand"]
     config = tmp_path / "recipe.yaml"
-    config.write_text(yaml.safe_dump(tiny_recipe(tmp_path, tiny_model_path, heldout_eval=True, heldout_eval_steps=1)))
-    algorithms = ["opo", "grpo", "dapo", "gspo"]
-    rows = run_comparison(config, algorithms, [0], tmp_path / "cmp", in_process=True, last_k=2)
+    config.write_text(yaml.safe_dump(recipe))
+    algorithms, out = ["opo", "grpo", "dapo"], tmp_path / "cmp"
+    summary = run_comparison(config, algorithms, [0, 1], out, in_process=True, learning_rates={"grpo": 2e-3}, last_k=2)
 
-    assert [r["algorithm"] for r in rows] == algorithms
-    for row in rows:
-        assert row["seeds"] == 1 and 0.0 <= row["heldout_after"]["mean"] <= 1.0
-        assert row["seconds_per_step"]["mean"] > 0 and row["peak_rss_mb"]["mean"] > 0
-    # Every algorithm starts from the same model: the "before" accuracy is measured once and shared.
-    assert len({r["heldout_before"]["mean"] for r in rows}) == 1
+    rows = {r["algorithm"]: r for r in summary["algorithms"]}
+    assert list(rows) == algorithms and rows["grpo"]["learning_rate"] == 2e-3 and rows["opo"]["learning_rate"] == 1e-3
+    for row in rows.values():
+        assert row["seeds"] == [0, 1] and row["steps"] == 4
+        for key in ("before", "after", "greedy_after"):
+            cell = row[key]
+            assert cell["seeds"] == 2 and cell["problems"] == 6 and cell["low"] <= cell["mean"] <= cell["high"]
+    # Every algorithm of a seed starts from the same model, evaluated once.
+    assert rows["opo"]["before"]["mean"] == rows["grpo"]["before"]["mean"] == rows["dapo"]["before"]["mean"]
+    opo0, grpo0 = load_run(out / "opo-seed0"), load_run(out / "grpo-seed0")
+    assert (opo0.outcomes(before=True) == grpo0.outcomes(before=True)).all()
 
-    with (tmp_path / "cmp" / "steps.csv").open() as f:
+    paired = {p["baseline"]: p for p in summary["paired"]}
+    assert set(paired) == {"grpo", "dapo"}
+    for p in paired.values():
+        assert p["seeds"] == [0, 1] and 0 < p["after"]["p_value"] <= 1
+        assert p["after"]["verdict"] in ("ahead", "behind", "not separated")
+        difference = (opo0.outcomes() - load_run(out / f"{p['baseline']}-seed0").outcomes()).mean()
+        difference += (
+            load_run(out / "opo-seed1").outcomes() - load_run(out / f"{p['baseline']}-seed1").outcomes()
+        ).mean()
+        assert p["after"]["mean"] == pytest.approx(difference / 2)
+
+    with (out / "steps.csv").open() as f:
         steps = list(csv.DictReader(f))
-    assert {(r["algorithm"], r["step"]) for r in steps} >= {(a, s) for a in algorithms for s in ("1", "2")}
-    opo_rows = [r for r in steps if r["algorithm"] == "opo" and r["step"] == "1"]
-    assert opo_rows[0]["opo/drive/abs_mean"] != "" and opo_rows[0]["heldout_accuracy"] != ""
-
-    table = (tmp_path / "cmp" / "summary.md").read_text().splitlines()
-    assert table[0].startswith("| algorithm |") and len(table[2:6]) == 4
-    assert all(line.count("|") == table[0].count("|") for line in table[:6])
-    for name in ("reward.png", "heldout.png", "grad_norm.png"):
-        assert (tmp_path / "cmp" / name).stat().st_size > 1000
+    assert {(r["algorithm"], r["seed"], r["step"]) for r in steps} >= {
+        (a, s, t) for a in algorithms for s in "01" for t in "12"
+    }
+    assert any(r["heldout_interim_accuracy"] for r in steps) and any(
+        r["clip_frac"] for r in steps if r["algorithm"] == "dapo"
+    )
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    table = (out / "summary.md").read_text()
+    assert "| opo vs |" in table and any(verdict in table for verdict in ("not separated", "ahead", "behind"))
+    assert (out / "curves.png").stat().st_size > 10_000
 
     # A finished run is not run again.
-    before = (tmp_path / "cmp" / "opo-seed0" / "summary.json").stat().st_mtime
-    run_comparison(config, ["opo"], [0], tmp_path / "cmp", in_process=True)
-    assert (tmp_path / "cmp" / "opo-seed0" / "summary.json").stat().st_mtime == before
+    before = (out / "opo-seed0" / "summary.json").stat().st_mtime
+    run_comparison(config, ["opo"], [0], out, in_process=True)
+    assert (out / "opo-seed0" / "summary.json").stat().st_mtime == before

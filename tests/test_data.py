@@ -161,8 +161,11 @@ def test_reasoning_gym_splits_are_disjoint_seeded_and_scored_by_the_task():
     test = data["test"]
     assert test.column_names == ["prompt", "answer", "rg_task", "rg_entry"]
     row = test[0]
-    a, b = (int(x) for x in row["prompt"][-1]["content"].split("=")[0].split(":")[-1].split("+"))
-    assert row["answer"] == str(a + b) and row["prompt"][-1]["content"].endswith("Put the final answer in \\boxed{}.")
+    expression = row["prompt"][-1]["content"].split("=")[0].split(":")[-1]
+    assert set(expression) <= set("0123456789 +-")
+    assert row["answer"] == str(eval(expression)) and row["prompt"][-1]["content"].endswith(
+        "Put the final answer in \\boxed{}."
+    )
     right = [f"So the sum is \\boxed{{{answer}}}." for answer in test["answer"]]
     wrong = [f"\\boxed{{{int(answer) + 1}}}" for answer in test["answer"]]
     columns = {"rg_task": test["rg_task"], "rg_entry": test["rg_entry"]}
@@ -171,6 +174,15 @@ def test_reasoning_gym_splits_are_disjoint_seeded_and_scored_by_the_task():
     # Conversational completions and the last-number fallback reach the same verifier.
     spoken = [[{"role": "assistant", "content": f"It is {answer}"}] for answer in test["answer"]]
     assert reasoning_gym_reward(spoken, **columns) == [1.0] * 10
+
+
+def test_reasoning_gym_splits_are_not_shifted_copies_of_one_stream():
+    pytest.importorskip("reasoning_gym")
+    # Item i of a reasoning-gym seed s is item i - 1 of seed s + 1: the splits' seeds must be far apart, or most of a
+    # split is dropped as a duplicate of another. Two-digit sums have 20,000 distinct problems: few real repeats.
+    options = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}
+    data = load_reasoning_gym("chain_sum", {"train": 2000, "validation": 128, "test": 256}, seed=0, options=options)
+    assert {split: len(rows) for split, rows in data.items()} == {"train": 2000, "validation": 128, "test": 256}
 
 
 def test_reasoning_gym_errors():

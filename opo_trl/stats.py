@@ -1,0 +1,91 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+"""
+Confidence intervals for held-out accuracy, over problems and seeds, and paired differences between algorithms.
+
+An accuracy table is a matrix `outcomes[seed, problem]`: the fraction of a problem's sampled completions that were
+correct (or 0/1 for greedy decoding) in the run of that seed. Every run of a comparison sees the same problems, and
+the runs of different algorithms with the same seed start from the same model, so two algorithms are compared on the
+differences `a[s, p] - b[s, p]` over their common seeds.
+
+The bootstrap resamples both sources of variation at once: seeds with replacement, and problems with replacement (the
+same problems for every seed of a replicate, since the problems are shared). The 95% interval is the 2.5th to 97.5th
+percentile of the replicate means; the two-sided p-value of a difference is twice the share of replicates on the
+far side of zero (at least 1 / (replicates + 1)). A difference is called "ahead" or "behind" only when its interval
+excludes zero, and "not separated" otherwise.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+REPLICATES = 10_000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean with its bootstrap interval; for a difference, also the p-value and the verdict."""
+
+    mean: float
+    low: float
+    high: float
+    seeds: int
+    problems: int
+    p_value: float | None = None
+
+    @property
+    def verdict(self) -> str:
+        if self.low > 0:
+            return "ahead"
+        if self.high < 0:
+            return "behind"
+        return "not separated"
+
+    def __str__(self) -> str:
+        text = f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        return (
+            text
+            if self.p_value is None
+            else f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}], p={self.p_value:.3g}"
+        )
+
+
+def bootstrap_means(outcomes, replicates: int = REPLICATES, seed: int = 0) -> np.ndarray:
+    """Means of `replicates` two-way bootstrap resamples (seeds and problems) of `outcomes[seed, problem]`."""
+    outcomes = np.asarray(outcomes, dtype=np.float64)
+    if outcomes.ndim != 2 or outcomes.size == 0:
+        raise ValueError(f"outcomes must be a non-empty (seeds, problems) matrix, got shape {outcomes.shape}.")
+    rng = np.random.default_rng(seed)
+    n_seeds, n_problems = outcomes.shape
+    means = np.empty(replicates)
+    # In chunks, to keep the (chunk, seeds, problems) index arrays small.
+    for start in range(0, replicates, 500):
+        size = min(500, replicates - start)
+        seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
+        problems = rng.integers(0, n_problems, size=(size, n_problems))
+        means[start : start + size] = outcomes[seeds[:, :, None], problems[:, None, :]].mean(axis=(1, 2))
+    return means
+
+
+def mean_ci(outcomes, replicates: int = REPLICATES, seed: int = 0, level: float = 0.95) -> Estimate:
+    """The mean of `outcomes[seed, problem]` with its bootstrap interval over seeds and problems."""
+    outcomes = np.asarray(outcomes, dtype=np.float64)
+    means = bootstrap_means(outcomes, replicates, seed)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return Estimate(float(outcomes.mean()), float(low), float(high), *outcomes.shape)
+
+
+def paired_difference(a, b, replicates: int = REPLICATES, seed: int = 0, level: float = 0.95) -> Estimate:
+    """
+    The mean of `a - b` over seeds and problems (both `[seed, problem]`, the same seeds and problems in the same
+    order), with its bootstrap interval and two-sided p-value.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired outcomes must have the same (seeds, problems) shape, got {a.shape} and {b.shape}.")
+    diff = a - b
+    means = bootstrap_means(diff, replicates, seed)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    tail = min((means <= 0).mean(), (means >= 0).mean())
+    p_value = max(min(1.0, 2 * tail), 1 / (replicates + 1))
+    return Estimate(float(diff.mean()), float(low), float(high), *diff.shape, p_value=float(p_value))

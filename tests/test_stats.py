@@ -1,0 +1,56 @@
+"""Bootstrap intervals over seeds and problems, and paired differences, against cases worked out by hand."""
+
+import numpy as np
+import pytest
+
+from opo_trl.stats import Estimate, bootstrap_means, mean_ci, paired_difference
+
+
+def test_bootstrap_of_two_problems_by_hand():
+    # One seed, problems (0, 1): a resample has mean 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4.
+    means = bootstrap_means([[0.0, 1.0]], replicates=20_000, seed=1)
+    assert set(np.unique(means)) == {0.0, 0.5, 1.0}
+    for value, probability in ((0.0, 0.25), (0.5, 0.5), (1.0, 0.25)):
+        assert (means == value).mean() == pytest.approx(probability, abs=0.01)
+    estimate = mean_ci([[0.0, 1.0]], replicates=20_000)
+    assert (estimate.mean, estimate.low, estimate.high) == (0.5, 0.0, 1.0)
+
+
+def test_seeds_are_resampled_too():
+    # Two seeds that disagree completely, every problem alike within a seed: only seed resampling makes the spread.
+    outcomes = np.array([[0.0] * 50, [1.0] * 50])
+    means = bootstrap_means(outcomes, replicates=4_000)
+    assert set(np.unique(means)) == {0.0, 0.5, 1.0}
+
+
+def test_interval_covers_the_truth_and_shrinks_with_more_problems():
+    rng = np.random.default_rng(0)
+    small = mean_ci(rng.binomial(1, 0.3, size=(5, 64)))
+    large = mean_ci(rng.binomial(1, 0.3, size=(5, 1024)))
+    assert small.low < 0.3 < small.high and large.low < 0.3 < large.high
+    assert large.high - large.low < (small.high - small.low) / 2
+    assert mean_ci(np.full((3, 10), 0.25)) == Estimate(0.25, 0.25, 0.25, 3, 10)
+
+
+def test_paired_difference_verdicts():
+    rng = np.random.default_rng(0)
+    base = rng.binomial(1, 0.4, size=(5, 256)).astype(float)
+    same = paired_difference(base, base)
+    assert (same.mean, same.low, same.high, same.p_value, same.verdict) == (0.0, 0.0, 0.0, 1.0, "not separated")
+
+    better = np.clip(base + rng.binomial(1, 0.3, size=base.shape), 0, 1)  # strictly more problems solved
+    ahead = paired_difference(better, base)
+    assert ahead.verdict == "ahead" and ahead.low > 0 and ahead.p_value < 0.001
+    assert paired_difference(base, better).verdict == "behind"
+
+    noise = rng.binomial(1, 0.4, size=base.shape).astype(float)  # same distribution, independent draws
+    unseparated = paired_difference(noise, base)
+    assert unseparated.low < 0 < unseparated.high and unseparated.p_value > 0.05
+    assert "p=" in str(unseparated) and str(mean_ci(base)).count("[") == 1
+
+
+def test_shapes_are_checked():
+    with pytest.raises(ValueError, match="same .* shape"):
+        paired_difference(np.zeros((2, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_ci(np.zeros((0, 3)))
