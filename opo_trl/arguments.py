@@ -3,11 +3,15 @@
 Arguments of `opo-trl train`: the script arguments, and a recipe read once into TRL's dataclasses.
 
 A recipe is a `trl grpo` YAML file plus, optionally, `algorithm:` and the OPO fields. It is read once; its values
-become the parser's defaults (as `TrlParser` does with `--config`), so command-line values override it.
+become the parser's defaults (as `TrlParser` does with `--config`), so command-line values override it. `--config`
+takes a path or the name of a recipe shipped with the package (`opo-trl recipes` lists them). As with `trl grpo`,
+options of `accelerate launch` (`--accelerate_config NAME|PATH`, `--num_processes`, ...) may appear on the command
+line or in the recipe; they are returned apart, for the launcher.
 """
 
 import dataclasses
 import difflib
+import importlib.resources
 import os
 import sys
 from dataclasses import dataclass, field
@@ -19,7 +23,40 @@ from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 from .algorithms import ALGORITHMS, opo_only_fields
 
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+def _recipes_dir():
+    try:  # installed from a wheel: the recipes ship as the package opo_trl.recipes
+        return importlib.resources.files("opo_trl.recipes")
+    except ModuleNotFoundError:  # a source checkout (or an editable install of one): recipes/ beside the package
+        return Path(__file__).resolve().parent.parent / "recipes"
+
+
+RECIPES_DIR = _recipes_dir()
+
+
+def shipped_recipes() -> dict[str, str]:
+    """Name -> first comment line of every recipe shipped with the package."""
+    recipes = {}
+    for entry in sorted(RECIPES_DIR.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml"):
+            first = next((line for line in entry.read_text().splitlines() if line.startswith("#")), "#")
+            recipes[entry.name.removesuffix(".yaml")] = first.lstrip("# ").strip()
+    return recipes
+
+
+def resolve_recipe(name_or_path: str) -> str:
+    """A recipe's path: the path itself if it is a file, else the shipped recipe of that name."""
+    if Path(name_or_path).is_file():
+        return name_or_path
+    name = Path(name_or_path).name.removesuffix(".yaml")
+    candidate = RECIPES_DIR.joinpath(f"{name}.yaml")
+    if name_or_path in (name, f"{name}.yaml") and candidate.is_file():
+        return str(candidate)
+    close = difflib.get_close_matches(name, list(shipped_recipes()), n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise FileNotFoundError(
+        f"Recipe not found: {name_or_path!r} is neither a file nor a shipped recipe.{hint} "
+        f"Shipped recipes: {', '.join(shipped_recipes())}."
+    )
 
 
 @dataclass
@@ -104,30 +141,52 @@ class OPOScriptArguments(ScriptArguments):
 
 
 def make_parser(config_cls) -> TrlParser:
-    return TrlParser((OPOScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig), prog="opo-trl train")
+    # No abbreviations: `--learning_rat` must be an error, not learning_rate.
+    return TrlParser(
+        (OPOScriptArguments, config_cls, ModelConfig, DatasetMixtureConfig), prog="opo-trl train", allow_abbrev=False
+    )
 
 
 def load_recipe(name_or_path: str) -> dict:
-    """Read a recipe (a YAML mapping) from a path."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Recipe not found: {name_or_path}")
+    """Read a recipe (a YAML mapping) from a path or a shipped recipe's name."""
+    path = Path(resolve_recipe(name_or_path))
     recipe = yaml.safe_load(path.read_text()) or {}
     if not isinstance(recipe, dict):
         raise ValueError(f"Recipe {name_or_path} must contain a YAML mapping, not a {type(recipe).__name__}.")
     return recipe
 
 
+@dataclass
+class TrainArguments:
+    """Everything `opo-trl train` parses: TRL's dataclasses, and what goes to `accelerate launch`."""
+
+    script_args: OPOScriptArguments
+    training_args: object
+    model_args: ModelConfig
+    dataset_args: DatasetMixtureConfig
+    launch_args: list[str]  # for `accelerate launch`, from the command line and the recipe
+    train_argv: list[str]  # the command line without them, for the launched processes
+
+
 def parse_train_args(argv: list[str]):
+    """Parse `opo-trl train` arguments into `(script_args, training_args, model_args, dataset_args)`."""
+    parsed = parse_command(argv)
+    return parsed.script_args, parsed.training_args, parsed.model_args, parsed.dataset_args
+
+
+def parse_command(argv: list[str]) -> TrainArguments:
     """
-    Parse `opo-trl train` arguments into `(script_args, training_args, model_args, dataset_args)`.
+    Parse `opo-trl train` arguments.
 
     The algorithm decides the config class: `OPOConfig` for OPO, `GRPOConfig` with the baseline's settings otherwise.
     For a baseline, the recipe's and the command line's OPO-only keys are dropped (they mean nothing to GRPO, and a
-    message says so), and the baseline's settings override the recipe's but not the command line.
+    message says so), and the baseline's settings override the recipe's but not the command line. Options of
+    `accelerate launch` are set apart; any other key that no dataclass has is an error naming the closest valid key.
     """
     argv = list(argv)
     config_path = _pop_option(argv, "--config")
+    if config_path is not None:
+        config_path = resolve_recipe(config_path)
     recipe = load_recipe(config_path) if config_path is not None else {}
     # As TrlParser does with --config: the recipe's `env` mapping becomes environment variables.
     env = recipe.pop("env", {})
@@ -155,24 +214,63 @@ def parse_train_args(argv: list[str]):
             )
 
     parser = make_parser(spec.config_cls)
+    fields = {f.name for dc in parser.dataclass_types for f in dataclasses.fields(dc)}
+    launch_options = _accelerate_options(exclude=fields)
+    train_argv = [*(["--config", config_path] if config_path else []), "--algorithm", algorithm]
+    argv, launch_args = _split_launch_options(argv, launch_options)
+    train_argv += argv
+    for key in [k for k in recipe if k in launch_options]:
+        value = recipe.pop(key)
+        if launch_options[key] == 0:  # a flag
+            launch_args += [f"--{key}"] if value else []
+        else:
+            launch_args += [f"--{key}", str(value)]
+
     recipe_unknown = parser.set_defaults_with_config(**recipe)
     *parsed, cli_unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     unknown = [s for s in recipe_unknown + cli_unknown if s.startswith("--")]
     if unknown:
-        valid = sorted({f.name for dc in parser.dataclass_types for f in dataclasses.fields(dc)})
-        raise ValueError(_unknown_keys_message(unknown, valid, config_path))
-    return tuple(parsed)
+        raise ValueError(_unknown_keys_message(unknown, sorted(fields | set(launch_options)), config_path))
+    return TrainArguments(*parsed, launch_args=launch_args, train_argv=train_argv)
+
+
+def _accelerate_options(exclude: set[str]) -> dict[str, int]:
+    """`accelerate launch` options (without their dashes) -> how many values they take; TRL's `accelerate_config`."""
+    from accelerate.commands.launch import launch_command_parser
+
+    options = {"accelerate_config": 1}
+    for action in launch_command_parser()._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option[2:] not in exclude and option != "--help":
+                options[option[2:]] = 0 if action.nargs == 0 else 1
+    return options
+
+
+def _split_launch_options(argv: list[str], options: dict[str, int]) -> tuple[list[str], list[str]]:
+    rest, launch, i = [], [], 0
+    while i < len(argv):
+        key = argv[i][2:].split("=")[0] if argv[i].startswith("--") else None
+        if key in options:
+            takes = 0 if "=" in argv[i] else options[key]
+            launch += argv[i : i + 1 + takes]
+            i += 1 + takes
+        else:
+            rest.append(argv[i])
+            i += 1
+    return rest, launch
 
 
 def _unknown_keys_message(unknown, valid, config_path):
-    lines = []
+    parts = []
     for key in unknown:
         name = key[2:].split("=")[0]
         close = difflib.get_close_matches(name, valid, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        lines.append(f"  '{name}' is not an OPOConfig/GRPOConfig, ModelConfig or script argument.{hint}")
+        parts.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
     where = f" in {config_path} or on the command line" if config_path else ""
-    return f"Unknown key(s){where}:\n" + "\n".join(lines)
+    return (
+        f"Unknown key(s){where}: {'; '.join(parts)}. Keys are OPOConfig/GRPOConfig, ModelConfig, script and "
+        "`accelerate launch` arguments."
+    )
 
 
 def _pop_option(argv: list[str], name: str) -> str | None:

@@ -2,21 +2,26 @@
 """
 The `opo-trl` command.
 
-    opo-trl train --config recipes/<name>.yaml [--key value ...]    # any OPOConfig/GRPOConfig/ModelConfig key
-    opo-trl train --config recipes/<name>.yaml --algorithm grpo     # the same recipe with a baseline
-    opo-trl quickstart [--seed 1]                                   # recipes/quickstart.yaml, offline, on a CPU
-    opo-trl compare --config recipes/compare_cpu.yaml --seeds 0 1 2 # OPO vs GRPO, DAPO, GSPO (opo_trl.compare)
+    opo-trl train --config <recipe name or path> [--key value ...]   # any OPOConfig/GRPOConfig/ModelConfig key
+    opo-trl train --config <recipe> --algorithm grpo                  # the same recipe with a baseline
+    opo-trl train --config <recipe> --accelerate_config zero3 --num_processes 8   # through `accelerate launch`
+    opo-trl quickstart [--seed 1]                                     # the quickstart recipe, offline, on a CPU
+    opo-trl compare --config compare_cpu --seeds 0 1 2                # OPO vs GRPO, DAPO, GSPO (opo_trl.compare)
+    opo-trl recipes                                                   # the recipes shipped with the package
 
-Command-line values override the YAML, as in `trl grpo`. Works under `accelerate launch -m opo_trl.cli train ...`.
+Command-line values override the recipe's, as in `trl grpo`. With an `accelerate launch` option (`--accelerate_config
+NAME|PATH`, where NAME is one of TRL's shipped configs such as multi_gpu, zero2, zero3, fsdp2; `--num_processes`,
+`--num_machines`, ...) the run is launched through accelerate, as `trl grpo` does; without one it runs in this
+process. An error prints one line and exits with status 2; set OPO_TRL_DEBUG=1 for the traceback.
 """
 
 import os
 import sys
 
-from .arguments import RECIPES_DIR
 
-
-USAGE = "usage: opo-trl {train,quickstart,compare} [--config recipe.yaml] [--key value ...]"
+USAGE = "usage: opo-trl {train,quickstart,compare,recipes} [--config RECIPE] [--key value ...]"
+# Errors of configuration, recipes and data: reported in one line, not as a traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, ImportError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,44 +29,68 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE + "\n\n" + __doc__)
         return 0
-    command, rest = argv[0], argv[1:]
+    try:
+        return _dispatch(argv[0], argv[1:])
+    except USER_ERRORS as e:
+        if os.environ.get("OPO_TRL_DEBUG", "").lower() in ("1", "true", "yes"):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"opo-trl: error: {message} (OPO_TRL_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 2
+
+
+def _dispatch(command: str, rest: list[str]) -> int:
     if command == "compare":
         from .compare import main as compare_main
 
         return compare_main(rest)
-    if command == "quickstart":
-        recipe = RECIPES_DIR / "quickstart.yaml"
-        if not recipe.is_file():
-            raise FileNotFoundError(f"{recipe} not found: run `opo-trl quickstart` from a clone of the repository.")
-        rest = ["--config", str(recipe)] + rest
-    elif command != "train":
-        print(f"opo-trl: unknown command {command!r}\n{USAGE}", file=sys.stderr)
-        return 2
-    from .run import main as run_main
+    if command == "recipes":
+        from .arguments import RECIPES_DIR, shipped_recipes
 
-    run_main(rest)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        _exit_launched_process()
+        for name, description in shipped_recipes().items():
+            print(f"{name:34s} {description}")
+        print(f"\n(in {RECIPES_DIR}; run one with `opo-trl train --config NAME`)")
+        return 0
+    if command == "quickstart":
+        rest = ["--config", "quickstart", *rest]
+    elif command != "train":
+        print(f"opo-trl: error: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    if rest and rest[0] in ("-h", "--help"):
+        from .algorithms import ALGORITHMS
+        from .arguments import make_parser
+
+        make_parser(ALGORITHMS["opo"].config_cls).print_help()
+        return 0
+    from .arguments import parse_command
+    from .run import exit_launched_process, train
+
+    parsed = parse_command(rest)
+    if parsed.launch_args and not _launched():
+        _launch(parsed.launch_args, parsed.train_argv)
+        return 0
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    summary = train(parsed.script_args, parsed.training_args, parsed.model_args, parsed.dataset_args)
+    import json
+
+    print(json.dumps(summary, indent=2))
+    exit_launched_process()
     return 0
 
 
-def _exit_launched_process() -> None:
-    """
-    End a process started by `accelerate launch` or torchrun once its job is done, without the interpreter's teardown.
+def _launched() -> bool:
+    """Whether this process was started by a launcher (accelerate, torchrun), whose options then are already applied."""
+    return "LOCAL_RANK" in os.environ or os.environ.get("OPO_TRL_LAUNCHED") == "1"
 
-    DeepSpeed ZeRO-3 keeps process-group handles alive after the group is destroyed (its module-level
-    `FWD_MODULE_STACK` holds the model, whose parameters hold `ds_process_group`; `deepspeed.utils.groups` holds the
-    world group). Their gloo worker threads are then torn down at interpreter exit, where destroying a still-joinable
-    thread calls std::terminate: about one launch in ten died of SIGABRT ("terminate called without an active
-    exception") after its run had finished and written everything. The exit handlers still run; only that teardown is
-    skipped.
-    """
-    import atexit
 
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+def _launch(launch_args: list[str], train_argv: list[str]) -> None:
+    """Run the training job through `accelerate launch`, resolving `--accelerate_config` with TRL's own resolver."""
+    from accelerate.commands.launch import launch_command, launch_command_parser
+    from trl.cli.accelerate_config import resolve_accelerate_config_argument
+
+    launch_args = resolve_accelerate_config_argument(launch_args)
+    os.environ["OPO_TRL_LAUNCHED"] = "1"
+    launch_command(launch_command_parser().parse_args([*launch_args, "--module", "opo_trl.run", *train_argv]))
 
 
 if __name__ == "__main__":

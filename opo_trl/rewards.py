@@ -15,7 +15,9 @@ import difflib
 import functools
 import importlib
 import logging
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from fractions import Fraction
@@ -340,6 +342,9 @@ def get_reward_function(name: str) -> Callable:
         raise ValueError(message + " Pass 'package.module.function' to use any other callable.")
     if not module_name or not attr_path:
         raise ValueError(f"Invalid reward function path {name!r}: expected 'package.module.function'.")
+    # As `trl grpo` does: a module next to where the command runs (`my_rewards.py`) is importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         obj = importlib.import_module(module_name)
     except ImportError as e:

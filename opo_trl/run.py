@@ -6,10 +6,12 @@ The training job behind `opo-trl train`: data, rewards, model, trainer, held-out
 """
 
 import json
+import os
 import resource
 import sys
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from .algorithms import ALGORITHMS
@@ -19,6 +21,8 @@ from .data import REASONING_GYM_PREFIX
 # Script arguments that only some datasets read, and which: set for any other dataset, they are an error rather than
 # silently ignored. "hub" is any dataset `datasets.load_dataset` reads.
 DATASET_ARGUMENTS = {
+    "dataset_train_split": ("gsm8k", "math", "hub", "mixture"),
+    "dataset_test_split": ("gsm8k", "math", "hub", "mixture"),
     "dataset_config": ("hub",),
     "dataset_streaming": ("hub",),
     "dataset_options": ("reasoning_gym",),
@@ -152,6 +156,8 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     if not reward_funcs:
         raise ValueError("No reward function: set `reward_funcs` (e.g. ['accuracy']).")
 
+    _check_heldout_arguments(script_args)
+    quantization_config = _quantization_config(model_args, training_args)
     train_dataset, heldout_splits = load_datasets(script_args, dataset_args, seed=training_args.seed)
     test_dataset = heldout_splits.get(script_args.dataset_test_split)
     eval_dataset = test_dataset if training_args.eval_strategy != "no" else None
@@ -188,10 +194,21 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
+        quantization_config=quantization_config,
         peft_config=get_peft_config(model_args),
     )
+    if script_args.ignore_bias_buffers:
+        # torch DDP cannot broadcast boolean buffers (e.g. attention masks): leave them out, as TRL's scripts do.
+        trainer.model._ddp_params_and_buffers_to_ignore = [
+            name for name, buffer in trainer.model.named_buffers() if buffer.dtype == torch.bool
+        ]
 
-    summary = {"algorithm": script_args.algorithm, "model": model_id, "seed": training_args.seed}
+    summary = {
+        "algorithm": script_args.algorithm,
+        "model": model_id,
+        "seed": training_args.seed,
+        "learning_rate": training_args.learning_rate,
+    }
     evaluator = None
     if heldout is not None:
         evaluator = HeldoutEvaluator(trainer, heldout, script_args)
@@ -216,6 +233,9 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     summary["seconds_per_step"] = sum(step_times) / len(step_times) if step_times else None
     summary["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+        trainer.accelerator.print(f"[opo-trl] model pushed to https://huggingface.co/{trainer.hub_model_id}")
     if trainer.accelerator.is_main_process:
         summary.update(write_run_files(trainer.state.log_history, summary, training_args.output_dir))
     # Leave together and tear the process group down cleanly: a rank that exits while another still holds the group
@@ -223,6 +243,68 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return summary
+
+
+# Script arguments that shape the held-out evaluation: without `heldout_eval` they would do nothing.
+HELDOUT_ARGUMENTS = (
+    "heldout_split", "heldout_max_samples", "heldout_num_samples", "heldout_greedy", "heldout_eval_steps",
+    "heldout_interim_max_samples", "heldout_before_from",
+)  # fmt: skip
+
+
+def _check_heldout_arguments(script_args) -> None:
+    import dataclasses
+
+    from .arguments import OPOScriptArguments
+
+    if script_args.heldout_eval:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(OPOScriptArguments)}
+    set_ = [name for name in HELDOUT_ARGUMENTS if getattr(script_args, name) != defaults[name]]
+    if set_:
+        raise ValueError(f"{', '.join(set_)} only apply with heldout_eval: true; set it or remove them.")
+
+
+def _quantization_config(model_args, training_args):
+    """`trl grpo`'s QLoRA: a bitsandbytes config from `load_in_4bit`/`load_in_8bit`, checked before the model loads."""
+    if not (model_args.load_in_4bit or model_args.load_in_8bit):
+        return None
+    import importlib.util
+
+    import torch
+    from trl import get_quantization_config
+
+    flag = "load_in_4bit" if model_args.load_in_4bit else "load_in_8bit"
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError(f"{flag}=True needs bitsandbytes: pip install 'opo-trl[quantization]'.")
+    if training_args.use_cpu or not torch.cuda.is_available():
+        raise ValueError(
+            f"{flag}=True (QLoRA) needs a CUDA GPU for bitsandbytes, and this run has none "
+            f"(use_cpu={training_args.use_cpu}, CUDA available: {torch.cuda.is_available()}); drop {flag}."
+        )
+    return get_quantization_config(model_args)
+
+
+def exit_launched_process() -> None:
+    """
+    End a process started by `accelerate launch` or torchrun once its job is done, without the interpreter's teardown.
+    Does nothing in a single process.
+
+    DeepSpeed ZeRO-3 keeps process-group handles alive after the group is destroyed (its module-level
+    `FWD_MODULE_STACK` holds the model, whose parameters hold `ds_process_group`; `deepspeed.utils.groups` holds the
+    world group). Their gloo worker threads are then torn down at interpreter exit, where destroying a still-joinable
+    thread calls std::terminate: about one launch in ten died of SIGABRT ("terminate called without an active
+    exception") after its run had finished and written everything. The exit handlers still run; only that teardown is
+    skipped.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 HELDOUT_FILE = "heldout.jsonl"
@@ -254,7 +336,7 @@ class HeldoutEvaluator(TrainerCallback):
                 raise ValueError(
                     f"heldout_before_from={source!r}: its first evaluation is not of this held-out set before training."
                 )
-            result = HeldoutResult(record["sampled"], record["greedy"])
+            result = HeldoutResult(record["sampled"], record["greedy"], seconds=0.0)
         else:
             result = self._evaluate("held-out eval (before)", self.dataset, self.script_args.heldout_greedy)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -314,7 +396,7 @@ class HeldoutEvaluator(TrainerCallback):
             entry["heldout/interim_accuracy"] = HeldoutResult(result.sampled[: self.interim_size]).pass_at_1
         if self.trainer.accelerator.is_main_process:
             record = {"step": step, "problems": len(result.sampled), "fingerprint": self.fingerprint if full else None,
-                      "sampled": result.sampled, "greedy": result.greedy}  # fmt: skip
+                      "seconds": result.seconds, "sampled": result.sampled, "greedy": result.greedy}  # fmt: skip
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         return entry
@@ -364,8 +446,6 @@ def write_run_files(log_history: list[dict], summary: dict, output_dir: str) -> 
 
 def main(argv: list[str] | None = None) -> dict:
     """Parse `opo-trl train` arguments and run the job; prints and returns the summary."""
-    import os
-
     from .arguments import parse_train_args
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -376,3 +456,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     main()
+    exit_launched_process()

@@ -1,8 +1,15 @@
-"""The `opo-trl` command dispatches to the training job, the quickstart recipe and the comparison harness."""
+"""The `opo-trl` command: dispatch, shipped recipes by name, one-line errors, and launching through accelerate."""
+
+import json
+import sys
+from pathlib import Path
 
 import pytest
 
 from opo_trl import cli
+from opo_trl.arguments import shipped_recipes
+
+from .conftest import tiny_recipe, write_recipe
 
 
 def test_help_and_unknown_command(capsys):
@@ -12,22 +19,97 @@ def test_help_and_unknown_command(capsys):
     assert "unknown command 'fly'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "argv, expected",
-    [
-        (["train", "--config", "r.yaml", "--seed", "1"], ["--config", "r.yaml", "--seed", "1"]),
-        (["quickstart", "--seed", "1"], ["--config", str(cli.RECIPES_DIR / "quickstart.yaml"), "--seed", "1"]),
-    ],
-)
-def test_train_and_quickstart_run_the_training_job(monkeypatch, argv, expected):
+def test_recipes_lists_the_shipped_recipes(capsys):
+    assert cli.main(["recipes"]) == 0
+    out = capsys.readouterr().out
+    assert {"quickstart", "compare_cpu", "benchmark_chain_sum", "math_l3_qwen3-1.7b_opo"} <= set(shipped_recipes())
+    for name in shipped_recipes():
+        assert name in out
+    assert "opo-trl quickstart" in shipped_recipes()["quickstart"]  # the recipe's first comment line
+
+
+def capture_train(monkeypatch):
     calls = []
-    monkeypatch.setattr("opo_trl.run.main", calls.append)
+    monkeypatch.setattr("opo_trl.run.train", lambda *args: calls.append(args) or {"ok": True})
+    return calls
+
+
+@pytest.mark.parametrize("argv", [["train", "--config", "quickstart", "--seed", "3"], ["quickstart", "--seed", "3"]])
+def test_a_recipe_by_name_runs_the_training_job(monkeypatch, argv):
+    calls = capture_train(monkeypatch)
     assert cli.main(argv) == 0
-    assert calls == [expected]
+    ((script_args, training_args, model_args, _),) = calls
+    assert script_args.dataset_name == "arithmetic" and training_args.seed == 3 and training_args.alpha == 0.4
+    assert model_args.model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
-def test_compare_runs_the_harness(monkeypatch):
-    calls = []
-    monkeypatch.setattr("opo_trl.compare.main", lambda argv: calls.append(argv) or 0)
-    assert cli.main(["compare", "--config", "r.yaml"]) == 0
-    assert calls == [["--config", "r.yaml"]]
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--config", "quikstart"], "'quikstart' is neither a file nor a shipped recipe. Did you mean 'quickstart'"),
+        (["train", "--config", "quickstart", "--learning_rat", "1"], "'learning_rat' (did you mean 'learning_rate'?)"),
+        (["train", "--config", "quickstart", "--algorithm", "dapoo"], "must be one of ['opo', 'grpo', 'dapo', 'gspo']. Did you mean 'dapo'?"),
+        (["train", "--config", "quickstart", "--alpha", "2"], "alpha=2.0 is invalid; alpha must be a float in [0, 1)"),
+        (["train", "--config", "quickstart", "--math_levels", "3"], "math_levels=[3] applies to dataset_name 'math' only"),
+    ],
+)  # fmt: skip
+def test_errors_are_one_line_without_a_traceback(capsys, monkeypatch, argv, message):
+    monkeypatch.delenv("OPO_TRL_DEBUG", raising=False)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("opo-trl: error: ")]  # library warnings aside
+    assert message in line and "Traceback" not in err
+    monkeypatch.setenv("OPO_TRL_DEBUG", "1")
+    with pytest.raises((ValueError, FileNotFoundError)):
+        cli.main(argv)
+
+
+def test_accelerate_options_launch_through_accelerate_with_trls_configs(monkeypatch, tmp_path):
+    import trl
+
+    calls = capture_train(monkeypatch)
+    launched = []
+    monkeypatch.setattr("accelerate.commands.launch.launch_command", launched.append)
+    monkeypatch.delenv("OPO_TRL_LAUNCHED", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    recipe = write_recipe(tmp_path, {**tiny_recipe(tmp_path, "m"), "mixed_precision": "no"})
+    argv = ["train", "--config", recipe, "--accelerate_config", "zero3", "--num_processes", "8", "--seed", "2"]
+    assert cli.main(argv) == 0
+    assert calls == []  # nothing trains in this process
+    (args,) = launched
+    assert Path(args.config_file) == Path(trl.__file__).parent / "accelerate_configs" / "zero3.yaml"
+    assert (args.num_processes, args.mixed_precision, args.module, args.training_script) == (
+        8,
+        "no",
+        True,
+        "opo_trl.run",
+    )
+    assert args.training_script_args == ["--config", recipe, "--algorithm", "opo", "--seed", "2"]
+
+    # In the launched processes the same options are already applied: they train.
+    monkeypatch.setenv("OPO_TRL_LAUNCHED", "1")
+    assert cli.main(argv) == 0 and len(calls) == 1 and len(launched) == 1
+
+
+@pytest.mark.multiprocess
+def test_train_on_two_processes_through_accelerate_config(tmp_path, tiny_model_path):
+    import os
+    import subprocess
+
+    from .conftest import failure_report, free_port
+
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path, tiny_recipe(tmp_path, tiny_model_path, reward_funcs=["tests.conftest.distinct_chars_reward"])
+    )
+    command = [sys.executable, "-m", "opo_trl.cli", "train", "--config", recipe, "--accelerate_config", "multi_gpu",
+               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
+               "--use_cpu", "true"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    env.pop("OPO_TRL_LAUNCHED", None)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, failure_report(result)
+    # Both ranks trained: each printed its summary, and the run's files were written once.
+    assert result.stdout.count('"algorithm": "opo"') == 2
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert max(m.get("step", 0) for m in metrics) == 2 and any("opo/drive/abs_mean" in m for m in metrics)

@@ -1,6 +1,6 @@
 """
-DeepSpeed ZeRO-2 and ZeRO-3, with and without LoRA, through `accelerate launch` with the repository's own accelerate
-configs and the `opo-trl` command, on 2 CPU processes (DeepSpeed's CPU accelerator, gloo).
+DeepSpeed ZeRO-2 and ZeRO-3, with and without LoRA, through `opo-trl train --accelerate_config zero2|zero3`: TRL's own
+accelerate configs, launched the way `trl grpo` launches them, on 2 CPU processes (DeepSpeed's CPU accelerator, gloo).
 """
 
 import json
@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from opo_trl.arguments import RECIPES_DIR
 
 from .conftest import failure_report, free_port, run_distributed, tiny_recipe
 
@@ -31,27 +29,9 @@ def launch(tmp_path, model_path, stage, extra=()):
             )
         )
     )
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(RECIPES_DIR / "accelerate" / f"zero{stage}.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        "-m",
-        "opo_trl.cli",
-        "train",
-        "--config",
-        str(recipe),
-        "--use_cpu",
-        "true",
-        *extra,
-    ]
+    command = [sys.executable, "-m", "opo_trl.cli", "train", "--config", str(recipe), "--use_cpu", "true", *extra,
+               "--accelerate_config", f"zero{stage}", "--num_processes", "2", "--mixed_precision", "no",
+               "--main_process_port", str(free_port())]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     result = run_distributed(command, env)
     assert result.returncode == 0, failure_report(result)

@@ -211,3 +211,14 @@ def test_trl_grpo_reward_names_resolve_to_trl_functions():
     assert get_reward_function("accuracy_reward") is trl.rewards.accuracy_reward
     assert get_reward_function("think_format_reward") is trl.rewards.think_format_reward
     assert callable(get_reward_function("get_soft_overlong_punishment"))
+
+
+def test_dotted_path_imports_from_the_current_directory(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "my_rewards_here.py").write_text(
+        "def fn(completions, **kwargs):\n    return [1.0] * len(completions)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert get_reward_function("my_rewards_here.fn")(["a", "b"]) == [1.0, 1.0]
