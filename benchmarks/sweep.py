@@ -38,22 +38,30 @@ def main(argv=None):
     rows = []
     for alpha, mu in points:
         out = Path(args.output_dir) / f"alpha{alpha}-mu{mu}"
-        (row,) = run_comparison(
+        summary = run_comparison(
             args.config, ["opo"], args.seeds, out, [*extra, "--alpha", str(alpha), "--mu", str(mu)], args.last_k
         )
+        (row,) = summary["algorithms"]
         rows.append({"alpha": alpha, "mu": mu, **row})
 
-    def fmt(stat):
+    def spread(stat):
         return "n/a" if stat is None else f"{stat['mean']:.3f} ± {stat['std']:.3f}"
 
+    def ci(cell):
+        return "n/a" if cell is None else cell["str"]
+
+    def quartiles(cell):
+        return "n/a" if cell is None else f"{cell['median']:.3f} [{cell['q1']:.3f}, {cell['q3']:.3f}]"
+
     lines = [
-        f"| alpha | mu | seeds | training reward (last {args.last_k}) | held-out before | held-out after | mean grad norm |",
+        f"| alpha | mu | seeds | training reward (last {args.last_k}) | held-out before [95% CI] | "
+        "held-out after [95% CI] | grad norm median [IQR] |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['alpha']} | {r['mu']} | {r['seeds']} | {fmt(r['final_reward'])} | {fmt(r['heldout_before'])} | "
-            f"{fmt(r['heldout_after'])} | {fmt(r['grad_norm'])} |"
+            f"| {r['alpha']} | {r['mu']} | {len(r['seeds'])} | {spread(r['final_reward'])} | {ci(r['before'])} | "
+            f"{ci(r['after'])} | {quartiles(r['grad_norm'])} |"
         )
     table = "\n".join(lines) + "\n"
     Path(args.output_dir, "sweep.md").write_text(table)

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+import pytest
+
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -60,3 +62,31 @@ def test_cost_train_step_ratios_include_the_escort_reference(tmp_path):
     for key in ("opo_over_grpo_step_time", "opo_ref_mean_over_opo_step_time", "opo_ref_mean_over_grpo_step_time"):
         assert math.isfinite(train[key]) and train[key] > 0
     assert "escort_reference=mean / OPO" in (tmp_path / "cost.md").read_text()
+
+
+@pytest.mark.slow
+def test_sweep_writes_a_table_with_intervals(tmp_path, tiny_model_path):
+    import yaml
+
+    from .conftest import tiny_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tmp_path, tiny_model_path, heldout_eval=True, max_steps=1)))
+    sweep = load_script("sweep")
+    sweep.main(
+        [
+            "--config",
+            str(recipe),
+            "--seeds",
+            "0",
+            "--alphas",
+            "0.4",
+            "--mus",
+            "1.0",
+            "--output_dir",
+            str(tmp_path / "sweep"),
+        ]
+    )
+    rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    assert [(r["alpha"], r["mu"]) for r in rows] == [(0.4, 1.0)] and rows[0]["after"]["problems"] == 4
+    assert "| 0.4 | 1.0 | 1 |" in (tmp_path / "sweep" / "sweep.md").read_text()
