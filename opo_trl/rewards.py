@@ -53,6 +53,7 @@ def extract_boxed(text: str) -> str | None:
     ```python
     >>> extract_boxed(r"so \boxed{1} or rather \boxed{\frac{1}{2}}")
     '\\frac{1}{2}'
+
     ```
     """
     # Scan from the last box backwards: a completion cut off by the length limit can end in an unclosed box.
@@ -217,6 +218,7 @@ def accuracy_reward(completions: list, answer: list[str], **kwargs) -> list[floa
     ```python
     >>> accuracy_reward([r"\boxed{\frac{1}{2}}", "It is 3."], answer=["0.5", "4"])
     [1.0, 0.0]
+
     ```
     """
     rewards = []

@@ -261,3 +261,20 @@ def test_reward_model_and_bias_buffers_reach_the_trainer(tmp_path, tiny_model_pa
     model, *functions = seen["reward_funcs"]
     assert type(model).__name__.endswith("ForSequenceClassification")  # the reward model comes first
     assert [f.__name__ for f in functions] == ["accuracy_reward", "format_reward"]
+
+
+@pytest.mark.slow
+def test_push_to_hub_at_the_end_names_the_dataset(tmp_path, tiny_model_path, monkeypatch):
+    import transformers
+
+    from opo_trl.trainer import OPOTrainer
+
+    pushed = []
+    monkeypatch.setattr(transformers.Trainer, "init_hf_repo", lambda self, *a, **k: None)  # no hub here
+    monkeypatch.setattr(OPOTrainer, "push_to_hub", lambda self, **kwargs: pushed.append(kwargs))
+    monkeypatch.setattr(OPOTrainer, "hub_model_id", "me/tiny-opo", raising=False)
+    recipe = tiny_recipe(tmp_path, tiny_model_path, max_steps=1, push_to_hub=True, hub_model_id="me/tiny-opo")
+    main(["--config", write_recipe(tmp_path, recipe)])
+    # save_model pushes the weights as it always does with push_to_hub; then the job pushes once more, as trl grpo
+    # does, with the dataset name for the model card.
+    assert pushed[-1] == {"dataset_name": "arithmetic"}
