@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 
-ROOT = Path(__file__).resolve().parents[1]
 CASES = {"zero2": "zero2.yaml", "zero3": "zero3.yaml", "lora": None}
 STEPS = 6
 
@@ -119,8 +118,10 @@ def main():
                 "--mixed_precision",
                 "bf16",
             ]
-            if accelerate_config:
-                launcher += ["--config_file", str(ROOT / "recipes" / "accelerate" / accelerate_config)]
+            if accelerate_config:  # TRL's shipped accelerate configs, as `opo-trl train --accelerate_config` uses them
+                from importlib.resources import files
+
+                launcher += ["--config_file", str(files("trl.accelerate_configs").joinpath(accelerate_config))]
             command = [*launcher, __file__, "--case", case, "--trainer", trainer, "--out", args.out]
             print(f"[gpu_check] {case} / {trainer}", flush=True)
             done = subprocess.run(command, timeout=300)
