@@ -140,6 +140,15 @@ class OPOScriptArguments(ScriptArguments):
     )
 
 
+def changed_fields(args, names) -> list[str]:
+    """The fields among `names` whose value in the dataclass instance `args` differs from the field's default."""
+    defaults = {
+        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for f in dataclasses.fields(args)
+    }
+    return [name for name in names if getattr(args, name) != defaults[name]]
+
+
 def make_parser(config_cls) -> TrlParser:
     # No abbreviations: `--learning_rat` must be an error, not learning_rate.
     return TrlParser(

@@ -56,16 +56,13 @@ def load_datasets(script_args, dataset_args, seed: int):
 
     The one place that turns a `dataset_name` (or a `trl grpo` dataset mixture) into datasets.
     """
-    import dataclasses
-
-    from .arguments import OPOScriptArguments
+    from .arguments import changed_fields
     from .data import load_gsm8k, load_math, load_reasoning_gym, make_arithmetic_dataset
 
     kind = dataset_kind(script_args, dataset_args)
-    defaults = {f.name: f.default for f in dataclasses.fields(OPOScriptArguments)}
-    defaults.update({f.name: f.default_factory() for f in dataclasses.fields(OPOScriptArguments) if f.default_factory is not dataclasses.MISSING})  # fmt: skip
-    for name, kinds in DATASET_ARGUMENTS.items():
-        if kind not in kinds and getattr(script_args, name) != defaults[name]:
+    for name in changed_fields(script_args, DATASET_ARGUMENTS):
+        kinds = DATASET_ARGUMENTS[name]
+        if kind not in kinds:
             raise ValueError(
                 f"{name}={getattr(script_args, name)!r} applies to dataset_name {' or '.join(map(repr, kinds))} only, "
                 f"not to {script_args.dataset_name if kind != 'mixture' else 'a dataset mixture'!r}; remove it."
@@ -253,14 +250,9 @@ HELDOUT_ARGUMENTS = (
 
 
 def _check_heldout_arguments(script_args) -> None:
-    import dataclasses
+    from .arguments import changed_fields
 
-    from .arguments import OPOScriptArguments
-
-    if script_args.heldout_eval:
-        return
-    defaults = {f.name: f.default for f in dataclasses.fields(OPOScriptArguments)}
-    set_ = [name for name in HELDOUT_ARGUMENTS if getattr(script_args, name) != defaults[name]]
+    set_ = [] if script_args.heldout_eval else changed_fields(script_args, HELDOUT_ARGUMENTS)
     if set_:
         raise ValueError(f"{', '.join(set_)} only apply with heldout_eval: true; set it or remove them.")
 
