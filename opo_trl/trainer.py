@@ -165,11 +165,12 @@ class OPOTrainer(GRPOTrainer):
         output["opo_mu"] = mu.to(local_advantages.dtype).expand(n_local).clone()
         output["opo_row"] = rows
 
-        # The completions table shows OPO's drive, not GRPO's advantage, in its "advantage" column.
-        table, drive = self._logs["advantages"], escort.drive.tolist()
-        for k in range(1, min(len(table), len(drive)) + 1):
-            table[-k] = drive[-k]
-        self._opo_delta_by_row = {}
+        if self.log_completions:
+            # The completions table shows OPO's drive, not GRPO's advantage, in its "advantage" column.
+            table, drive = self._logs["advantages"], escort.drive.tolist()
+            for k in range(1, min(len(table), len(drive)) + 1):
+                table[-k] = drive[-k]
+            self._opo_delta_by_row = {}
 
         stats = escort_statistics(escort, num_generations, mu, valid=scorable)
         stats["mu"] = mu.item()

@@ -257,8 +257,11 @@ def test_private_trl_api_is_as_expected(tmp_path, tiny_model_path, prompt_datase
     assert GRPOTrainer.loss_is_scaled_for_ga is True
 
     trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset)
-    for attribute in ("num_generations", "num_generations_eval", "beta", "use_vllm", "aux_loss_enabled", "_metrics"):
+    for attribute in ("num_generations", "num_generations_eval", "beta", "use_vllm", "aux_loss_enabled", "_metrics",
+                      "_entropy_bonus_enabled", "entropy_coef", "log_completions", "_logs"):  # fmt: skip
         assert hasattr(trainer, attribute), f"GRPOTrainer no longer sets `{attribute}`"
+    # The completions table OPOTrainer writes its drive and Delta into.
+    assert {"prompt", "advantages", "extra"} <= set(trainer._logs)
     assert hasattr(trainer, "vllm_importance_sampling_correction")
     # The generation output carries per-process advantages that OPOTrainer replaces with the escort drive.
     trainer.model.train()
