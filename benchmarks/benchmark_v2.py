@@ -200,24 +200,25 @@ def _commit(run: Run) -> None:
 
 
 def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None:
-    pending = [r for r in runs if not r.done]
-    # The first run of each task and seed evaluates the initial model; the others of that seed reuse it, so start
-    # those first runs before the rest.
-    firsts, seen = [], set()
-    for r in pending:
-        if (r.task, r.seed) not in seen and evaluated_before(r, work_root) is None:
-            seen.add((r.task, r.seed))
-            firsts.append(r)
-    rest = [r for r in pending if r not in firsts]
     threads = max(1, (os.cpu_count() or 2) // jobs)
 
     def log(message):
         print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
+    pending = [r for r in runs if not r.done]
     log(f"{len(runs) - len(pending)} of {len(runs)} runs already done; {len(pending)} to go, {jobs} at a time")
-    with ThreadPoolExecutor(jobs) as pool:
-        list(pool.map(lambda r: execute(r, work_root, threads, commit, log), firsts))
-        list(pool.map(lambda r: execute(r, work_root, threads, commit, log), rest))
+    # Task by task, so that an interrupted phase leaves whole tasks behind. Within a task, the first run of each seed
+    # evaluates the initial model and the others of that seed reuse it, so those first runs go first.
+    for task in dict.fromkeys(r.task for r in pending):
+        firsts, seen = [], set()
+        for r in pending:
+            if r.task == task and r.seed not in seen and evaluated_before(r, work_root) is None:
+                seen.add(r.seed)
+                firsts.append(r)
+        rest = [r for r in pending if r.task == task and r not in firsts]
+        with ThreadPoolExecutor(jobs) as pool:
+            list(pool.map(lambda r: execute(r, work_root, threads, commit, log), firsts))
+            list(pool.map(lambda r: execute(r, work_root, threads, commit, log), rest))
 
 
 def measure(work_root: Path) -> dict:
