@@ -73,6 +73,21 @@ class RunRecord:
     def values(self, key: str) -> list[float]:
         return [e[key] for e in self.steps if e.get(key) is not None]
 
+    def zero_gradient_steps(self) -> tuple[int, int]:
+        """
+        Optimizer steps whose gradient was exactly zero although their rollout had a learning signal (a group whose
+        rewards differ), and how many steps had a signal. With every group tied the gradient is zero for any
+        algorithm; with a signal, an exactly-zero gradient means the loss itself cut it off (a clipped ratio).
+        """
+        zero = signal = 0
+        no_signal = 1.0  # the fraction of tied groups of the rollout the step uses, logged when it was generated
+        for entry in self.steps:
+            no_signal = entry.get("frac_reward_zero_std", no_signal)
+            if "grad_norm" in entry and no_signal < 1.0:
+                signal += 1
+                zero += entry["grad_norm"] == 0
+        return zero, signal
+
 
 def load_run(run_dir: Path, name: str | None = None, seed: int | None = None) -> RunRecord:
     """Read a finished run's `summary.json`, `metrics.jsonl` and (if present) `heldout.jsonl`."""
@@ -170,8 +185,9 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
         )
         grad_norms = [g for r in group for g in r.values("grad_norm")]
         row["grad_norm"] = _quartiles(grad_norms)
-        row["zero_grad_steps"] = sum(g == 0 for g in grad_norms)
         row["steps"] = len(grad_norms)
+        counts = [r.zero_gradient_steps() for r in group]
+        row["zero_grad_steps"], row["steps_with_signal"] = sum(c[0] for c in counts), sum(c[1] for c in counts)
         row["truncated_frac"] = _spread(
             [
                 statistics.fmean(r.values("completions/clipped_ratio"))
@@ -215,7 +231,7 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
 
     lines = [
         "| algorithm | seeds | learning rate | held-out before | held-out after [95% CI] | greedy after [95% CI] | "
-        f"training reward (last {last_k}) | grad norm median [IQR] | zero-grad steps | truncated | clip frac | "
+        f"training reward (last {last_k}) | grad norm median [IQR] | zero grad with signal | truncated | clip frac | "
         "s / step | wall min |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -223,14 +239,17 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
         lines.append(
             f"| {r['algorithm']} | {len(r['seeds'])} | {r['learning_rate'] if r['learning_rate'] is not None else '-'} | "
             f"{ci(r['before'])} | {ci(r['after'])} | {ci(r['greedy_after'])} | {spread(r['final_reward'])} | "
-            f"{quartiles(r['grad_norm'])} | {r['zero_grad_steps']}/{r['steps']} | {spread(r['truncated_frac'])} | "
+            f"{quartiles(r['grad_norm'])} | {r['zero_grad_steps']}/{r['steps_with_signal']} | {spread(r['truncated_frac'])} | "
             f"{spread(r['clip_frac'])} | {spread(r['seconds_per_step'], 1)} | {spread(r['wall_minutes'], 1)} |"
         )
     lines += [
         "",
         "Held-out accuracy: pass@1 over the held-out problems (the mean over the samples of each problem), mean over "
         "seeds and problems with a 95% bootstrap interval over both. Training reward, truncated fraction and clip "
-        "fraction: mean ± std over seeds of each run's mean. Grad norm: over every logged step of every seed.",
+        "fraction: mean ± std over seeds of each run's mean. Grad norm: over every logged step of every seed. Zero grad "
+        "with signal: optimizer steps whose gradient was exactly 0 although some group of their rollout had unequal "
+        "rewards (the loss cut the gradient off), out of the steps with such a group. Truncated: completions cut at the "
+        "length limit (DAPO masks them out of its loss).",
     ]
     if summary["paired"]:
         reference = summary["reference"]

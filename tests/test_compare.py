@@ -66,3 +66,16 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     before = (out / "opo-seed0" / "summary.json").stat().st_mtime
     run_comparison(config, ["opo"], [0], out, in_process=True)
     assert (out / "opo-seed0" / "summary.json").stat().st_mtime == before
+
+
+def test_zero_gradient_steps_count_only_steps_with_a_signal():
+    from opo_trl.compare import RunRecord
+
+    steps = [
+        {"step": 1, "frac_reward_zero_std": 1.0, "grad_norm": 0.0},  # every group tied: no signal, zero for anyone
+        {"step": 2, "grad_norm": 0.0},  # the same rollout's second step
+        {"step": 3, "frac_reward_zero_std": 0.5, "grad_norm": 0.7},  # a signal, a gradient
+        {"step": 4, "grad_norm": 0.0},  # a signal, and the loss cut it off
+        {"step": 5, "frac_reward_zero_std": 0.0, "grad_norm": 0.0},
+    ]
+    assert RunRecord("gspo", 0, {}, steps, []).zero_gradient_steps() == (2, 3)
