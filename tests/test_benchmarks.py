@@ -90,3 +90,33 @@ def test_sweep_writes_a_table_with_intervals(tmp_path, tiny_model_path):
     rows = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert [(r["alpha"], r["mu"]) for r in rows] == [(0.4, 1.0)] and rows[0]["after"]["problems"] == 4
     assert "| 0.4 | 1.0 | 1 |" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
+    bench = load_script("benchmark_v2")
+    monkeypatch.setattr(bench, "DOCS", tmp_path)
+    with pytest.raises(SystemExit, match="tuning is not finished"):
+        bench.chosen_learning_rates()
+    # Validation accuracy of each tuning run: OPO best at 3e-5, GRPO tied between 3e-6 and 1e-5 (the smaller wins).
+    accuracy = {("opo", 3e-6): 0.2, ("opo", 1e-5): 0.3, ("opo", 3e-5): 0.4, ("grpo", 3e-6): 0.3, ("grpo", 1e-5): 0.3,
+                ("grpo", 3e-5): 0.1}  # fmt: skip
+    for run in bench.tune_runs():
+        run.docs_dir.mkdir(parents=True)
+        summary = {"heldout_accuracy_after": accuracy[run.algorithm, run.learning_rate]}
+        (run.docs_dir / "summary.json").write_text(json.dumps(summary))
+    assert bench.chosen_learning_rates() == {"opo": 3e-5, "grpo": 3e-6, "dapo": 3e-6, "gspo": 3e-6}
+
+    main = bench.main_runs()
+    assert len(main) == 32 and len(bench.variant_runs()) == 9
+    for task in bench.TASKS:
+        seeds = {a: sorted(r.seed for r in main if r.task == task and r.algorithm == a) for a in bench.MAIN_SEEDS}
+        assert seeds == {"opo": [0, 1, 2, 3, 4], "grpo": [0, 1, 2, 3, 4], "dapo": [0, 1, 2], "gspo": [0, 1, 2]}
+    assert {r.learning_rate for r in main if r.algorithm == "opo"} == {3e-5}
+
+    # A phase runs task by task; within a task, the first run of each seed (which evaluates the initial model) first.
+    order = []
+    monkeypatch.setattr(bench, "execute", lambda run, *args: order.append(run))
+    bench.run_phase(main, jobs=1, work_root=tmp_path / "work", commit=False)
+    assert [r.task for r in order] == sorted((r.task for r in main), key=bench.TASKS.index)
+    first_task = order[:16]
+    assert [r.algorithm for r in first_task[:5]] == ["opo"] * 5 and {r.seed for r in first_task[:5]} == set(range(5))
