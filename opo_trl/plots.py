@@ -37,6 +37,7 @@ def plot_curves(runs, path, title: str | None = None, smooth: int = 4) -> Path |
         print("[opo-trl] matplotlib not installed: no plots (pip install opo-trl[plot])", file=sys.stderr)
         return None
     names = list(dict.fromkeys(r.name for r in runs))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}  # the same colour in every panel
     fig, axes = plt.subplots(2, 4, figsize=(18, 7.5))
     for ax, (label, key, sparse) in zip(axes.flat, PANELS, strict=True):
         # Without an interim set, the held-out curve is the full evaluation (before, during, after).
@@ -60,10 +61,9 @@ def plot_curves(runs, path, title: str | None = None, smooth: int = 4) -> Path |
                 if len(curves) >= 4
                 else (np.nanmin(values, 0), np.nanmax(values, 0))
             )
-            line = ax.plot(
-                steps, middle, label=f"{name} ({len(curves)})", marker="o" if sparse else None, markersize=3
-            )
-            ax.fill_between(steps, low, high, alpha=0.15, color=line[0].get_color())
+            marker = "o" if sparse else None
+            ax.plot(steps, middle, label=f"{name} ({len(curves)})", color=colors[name], marker=marker, markersize=3)
+            ax.fill_between(steps, low, high, alpha=0.15, color=colors[name])
         ax.set(title=label, xlabel="step")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
