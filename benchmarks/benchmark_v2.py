@@ -370,6 +370,9 @@ def main(argv=None):
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "benchmark_v2"), help="Where runs write.")
     parser.add_argument("--docs_dir", default=str(DOCS), help="Where the raw files of finished runs go.")
     parser.add_argument("--commit", action="store_true", help="Commit each finished run's raw files.")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="main: run only these tasks (default: all)."
+    )
     args = parser.parse_args(argv)
     DOCS = Path(args.docs_dir).resolve()
     work_root = Path(args.work_dir)
@@ -383,7 +386,7 @@ def main(argv=None):
     elif args.phase == "tune":
         run_phase(tune_runs(), args.jobs, work_root, args.commit)
     elif args.phase == "main":
-        run_phase(main_runs(), args.jobs, work_root, args.commit)
+        run_phase([r for r in main_runs() if r.task in args.tasks], args.jobs, work_root, args.commit)
     elif args.phase == "variants":
         run_phase(variant_runs(), args.jobs, work_root, args.commit)
     else:

@@ -120,3 +120,8 @@ def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
     assert [r.task for r in order] == sorted((r.task for r in main), key=bench.TASKS.index)
     first_task = order[:16]
     assert [r.algorithm for r in first_task[:5]] == ["opo"] * 5 and {r.seed for r in first_task[:5]} == set(range(5))
+
+    # `--tasks` runs the main phase for the named tasks only.
+    order.clear()
+    bench.main(["main", "--tasks", "basic_arithmetic", "--docs_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")])
+    assert len(order) == 16 and {r.task for r in order} == {"basic_arithmetic"}
