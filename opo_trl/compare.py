@@ -13,7 +13,8 @@ comparison resumes where it stopped. The runs of one seed share the evaluation o
 - `steps.csv`: one row per (algorithm, seed, step) with training reward, held-out accuracy, grad norm, entropy,
   completion length, the baselines' handicaps and the `opo/` diagnostics;
 - `summary.md` / `summary.json`: held-out accuracy after training with 95% bootstrap intervals over problems and
-  seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), and the other figures;
+  seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), the same pairing over
+  training steps (late training reward, median gradient norm) and interim evaluations, and the other figures;
 - `curves.png`: held-out accuracy, training reward, gradient norm, entropy, completion length and OPO's chi-square,
   equilibrium gap and mu over the steps, with bands over seeds (see `opo_trl.plots`).
 """
@@ -70,8 +71,17 @@ class RunRecord:
             return None if record["greedy"] is None else np.asarray(record["greedy"], dtype=np.float64)
         return np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
 
+    def interim_outcomes(self, step: int) -> np.ndarray | None:
+        """Per-problem outcomes of the interim evaluation (the first problems of the held-out set) at `step`."""
+        record = next((r for r in self.heldout if r["step"] == step and not r.get("fingerprint")), None)
+        return None if record is None else np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
+
     def values(self, key: str) -> list[float]:
         return [e[key] for e in self.steps if e.get(key) is not None]
+
+    def logged(self, key: str) -> dict[int, float]:
+        """`{step: value}` of a logged figure."""
+        return {e["step"]: e[key] for e in self.steps if e.get(key) is not None}
 
     def zero_gradient_steps(self) -> tuple[int, int]:
         """
@@ -165,6 +175,31 @@ def outcome_matrix(runs: list[RunRecord], seeds: list[int], greedy=False, before
     return np.stack(rows)
 
 
+def step_matrix(runs: list[RunRecord], seeds: list[int], key: str, steps: list[int]) -> np.ndarray | None:
+    """
+    `values[seed, step]` of a logged figure at `steps`; `None` if a seed or a step is missing.
+
+    Runs of the same seed train on the same prompts in the same order (TRL's sampler is seeded by `seed`), so the
+    matrices of two algorithms pair step by step, as held-out outcomes pair problem by problem.
+    """
+    by_seed = {r.seed: r.logged(key) for r in runs}
+    if not seeds or not steps or any(s not in by_seed or not set(steps) <= set(by_seed[s]) for s in seeds):
+        return None
+    return np.array([[by_seed[s][t] for t in steps] for s in seeds])
+
+
+def shared_steps(runs: list[RunRecord], key: str) -> list[int]:
+    """The steps at which every run logged `key`."""
+    return sorted(set.intersection(*(set(r.logged(key)) for r in runs))) if runs else []
+
+
+def _paired(a, b, **kwargs) -> dict | None:
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    estimate = stats.paired_difference(a, b, **kwargs)
+    return vars(estimate) | {"str": str(estimate), "verdict": estimate.verdict}
+
+
 def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo") -> dict:
     """Per algorithm: accuracies with intervals and the other figures; per baseline: the paired difference to OPO."""
     names = list(dict.fromkeys(r.name for r in runs))
@@ -208,15 +243,34 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
                 continue
             seeds = sorted({r.seed for r in by_name[reference]} & {r.seed for r in by_name[name]})
             entry = {"baseline": name, "seeds": seeds}
+            ours, theirs = by_name[reference], by_name[name]
             for key, kwargs in (("after", {}), ("greedy_after", {"greedy": True})):
-                a = outcome_matrix(by_name[reference], seeds, **kwargs)
-                b = outcome_matrix(by_name[name], seeds, **kwargs)
-                estimate = None if a is None or b is None or a.shape != b.shape else stats.paired_difference(a, b)
-                entry[key] = (
-                    None if estimate is None else vars(estimate) | {"str": str(estimate), "verdict": estimate.verdict}
-                )
+                entry[key] = _paired(outcome_matrix(ours, seeds, **kwargs), outcome_matrix(theirs, seeds, **kwargs))
+            # The paper's claims are about late training reward and gradient norm, and about how the held-out
+            # accuracy moves during training: the same pairing, over training steps and interim evaluations.
+            both = [r for r in ours + theirs if r.seed in seeds]
+            rewarded, normed = shared_steps(both, "reward"), shared_steps(both, "grad_norm")
+            late = rewarded[-max(1, len(rewarded) // 4) :]  # the last quarter of training
+            entry["reward_late"] = _paired(*(step_matrix(g, seeds, "reward", late) for g in (ours, theirs)))
+            entry["reward_late_steps"] = [late[0], late[-1]] if late else None
+            entry["grad_norm_median"] = _paired(
+                *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), statistic="median"
+            )
+            interim_steps = sorted({h["step"] for r in ours + theirs for h in r.heldout if not h.get("fingerprint")})
+            entry["interim"] = {
+                step: _paired(_interim_matrix(ours, seeds, step), _interim_matrix(theirs, seeds, step))
+                for step in interim_steps
+            }
             paired.append(entry)
     return {"algorithms": rows, "paired": paired, "reference": reference}  # fmt: skip
+
+
+def _interim_matrix(runs, seeds, step):
+    by_seed = {r.seed: r.interim_outcomes(step) for r in runs}
+    rows = [by_seed.get(s) for s in seeds]
+    if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+        return None
+    return np.stack(rows)
 
 
 def summary_markdown(summary: dict, last_k: int = 5) -> str:
@@ -269,7 +323,36 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
             f"Δ = {reference} minus the baseline on the same seeds and problems. A verdict says 'ahead' or 'behind' "
             "only when the interval excludes 0.",
         ]
+        interim_steps = sorted({int(t) for p in summary["paired"] for t in p.get("interim", {})})
+        lines += [
+            "",
+            f"| {reference} vs | Δ training reward, late steps [95% CI], p | Δ median grad norm [95% CI], p | "
+            + "".join(f"Δ interim held-out, step {t} [95% CI], p | " for t in interim_steps),
+            "|---|---|---|" + "---|" * len(interim_steps),
+        ]
+        for p in summary["paired"]:
+            late = p.get("reward_late_steps")
+            interim = {int(t): v for t, v in p.get("interim", {}).items()}
+            lines.append(
+                f"| {p['baseline']} | {_verdict(p.get('reward_late'))}"
+                + (f" (steps {late[0]}-{late[1]})" if late else "")
+                + f" | {_verdict(p.get('grad_norm_median'))} | "
+                + "".join(f"{_verdict(interim.get(t))} | " for t in interim_steps)
+            )
+        lines += [
+            "",
+            "Paired over training steps: on the same seed every algorithm trains on the same prompts in the same order, "
+            "so the training reward and the gradient norm of a step pair across algorithms (the bootstrap resamples "
+            "seeds and steps). Late steps: the last quarter of the logged steps. The gradient norm (before clipping) "
+            "compares medians, since single steps reach 10x the median; each loss has its own scale, so a larger norm "
+            "is not by itself a better update. Interim held-out: the first problems of the held-out set, one sample "
+            "each, during training.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(cell) -> str:
+    return "n/a" if cell is None else f"{cell['str']} {cell['verdict']}"
 
 
 def per_run_markdown(runs: list[RunRecord], last_k: int = 5) -> str:

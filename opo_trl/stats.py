@@ -50,42 +50,69 @@ class Estimate:
         )
 
 
-def bootstrap_means(outcomes, replicates: int = REPLICATES, seed: int = 0) -> np.ndarray:
-    """Means of `replicates` two-way bootstrap resamples (seeds and problems) of `outcomes[seed, problem]`."""
-    outcomes = np.asarray(outcomes, dtype=np.float64)
-    if outcomes.ndim != 2 or outcomes.size == 0:
-        raise ValueError(f"outcomes must be a non-empty (seeds, problems) matrix, got shape {outcomes.shape}.")
+def _resampled(matrices, replicates: int, seed: int):
+    """
+    Yield chunks of two-way bootstrap resamples of equally shaped `[seed, column]` matrices: the same seeds and
+    columns are drawn for every matrix of a replicate, so paired matrices stay paired. Each yielded item is a tuple
+    of `(chunk, seeds, columns)` arrays, one per matrix.
+    """
     rng = np.random.default_rng(seed)
-    n_seeds, n_problems = outcomes.shape
-    means = np.empty(replicates)
-    # In chunks, to keep the (chunk, seeds, problems) index arrays small.
+    n_seeds, n_columns = matrices[0].shape
+    # In chunks, to keep the (chunk, seeds, columns) index arrays small.
     for start in range(0, replicates, 500):
         size = min(500, replicates - start)
         seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
-        problems = rng.integers(0, n_problems, size=(size, n_problems))
-        means[start : start + size] = outcomes[seeds[:, :, None], problems[:, None, :]].mean(axis=(1, 2))
-    return means
+        columns = rng.integers(0, n_columns, size=(size, n_columns))
+        yield tuple(m[seeds[:, :, None], columns[:, None, :]] for m in matrices)
+
+
+def _as_matrix(values, name: str = "outcomes") -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.size == 0:
+        raise ValueError(f"{name} must be a non-empty (seeds, problems) matrix, got shape {values.shape}.")
+    return values
+
+
+def bootstrap_means(outcomes, replicates: int = REPLICATES, seed: int = 0) -> np.ndarray:
+    """Means of `replicates` two-way bootstrap resamples (seeds and problems) of `outcomes[seed, problem]`."""
+    outcomes = _as_matrix(outcomes)
+    return np.concatenate([chunk.mean(axis=(1, 2)) for (chunk,) in _resampled([outcomes], replicates, seed)])
 
 
 def mean_ci(outcomes, replicates: int = REPLICATES, seed: int = 0, level: float = 0.95) -> Estimate:
     """The mean of `outcomes[seed, problem]` with its bootstrap interval over seeds and problems."""
-    outcomes = np.asarray(outcomes, dtype=np.float64)
+    outcomes = _as_matrix(outcomes)
     means = bootstrap_means(outcomes, replicates, seed)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return Estimate(float(outcomes.mean()), float(low), float(high), *outcomes.shape)
 
 
-def paired_difference(a, b, replicates: int = REPLICATES, seed: int = 0, level: float = 0.95) -> Estimate:
+def paired_difference(
+    a, b, replicates: int = REPLICATES, seed: int = 0, level: float = 0.95, statistic: str = "mean"
+) -> Estimate:
     """
-    The mean of `a - b` over seeds and problems (both `[seed, problem]`, the same seeds and problems in the same
-    order), with its bootstrap interval and two-sided p-value.
+    `statistic(a) - statistic(b)` over seeds and problems (both `[seed, problem]`, the same seeds and problems in the
+    same order), with its bootstrap interval and two-sided p-value. `statistic` is `"mean"` (accuracies, rewards) or
+    `"median"` (heavy-tailed figures such as gradient norms, where one outlier step would dominate a mean); the
+    bootstrap draws the same seeds and columns for `a` and `b`.
     """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired outcomes must have the same (seeds, problems) shape, got {a.shape} and {b.shape}.")
-    diff = a - b
-    means = bootstrap_means(diff, replicates, seed)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    tail = min((means <= 0).mean(), (means >= 0).mean())
+    if statistic == "mean":
+        diff = a - b
+        point, replicate_values = diff.mean(), bootstrap_means(diff, replicates, seed)
+    elif statistic == "median":
+        point = np.median(a) - np.median(b)
+        replicate_values = np.concatenate(
+            [
+                np.median(x.reshape(len(x), -1), axis=1) - np.median(y.reshape(len(y), -1), axis=1)
+                for x, y in _resampled([a, b], replicates, seed)
+            ]
+        )
+    else:
+        raise ValueError(f"statistic must be 'mean' or 'median', got {statistic!r}.")
+    low, high = np.quantile(replicate_values, [(1 - level) / 2, (1 + level) / 2])
+    tail = min((replicate_values <= 0).mean(), (replicate_values >= 0).mean())
     p_value = max(min(1.0, 2 * tail), 1 / (replicates + 1))
-    return Estimate(float(diff.mean()), float(low), float(high), *diff.shape, p_value=float(p_value))
+    return Estimate(float(point), float(low), float(high), *a.shape, p_value=float(p_value))

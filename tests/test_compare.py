@@ -48,6 +48,9 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
             load_run(out / "opo-seed1").outcomes() - load_run(out / f"{p['baseline']}-seed1").outcomes()
         ).mean()
         assert p["after"]["mean"] == pytest.approx(difference / 2)
+        # Two steps, one rollout: reward logged at step 1 only; a gradient at both steps; an interim evaluation at 1.
+        assert p["reward_late_steps"] == [1, 1] and p["reward_late"]["seeds"] == 2
+        assert p["grad_norm_median"]["problems"] == 2 and set(p["interim"]) == {1}
 
     with (out / "steps.csv").open() as f:
         steps = list(csv.DictReader(f))
@@ -59,7 +62,12 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     )
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     table = (out / "summary.md").read_text()
-    assert "| opo vs |" in table and any(verdict in table for verdict in ("not separated", "ahead", "behind"))
+    assert (
+        "| opo vs |" in table
+        and "Δ median grad norm" in table
+        and "interim held-out, step 1" in table
+        and any(verdict in table for verdict in ("not separated", "ahead", "behind"))
+    )
     assert (out / "curves.png").stat().st_size > 10_000
 
     # A finished run is not run again.
@@ -79,3 +87,28 @@ def test_zero_gradient_steps_count_only_steps_with_a_signal():
         {"step": 5, "frac_reward_zero_std": 0.0, "grad_norm": 0.0},
     ]
     assert RunRecord("gspo", 0, {}, steps, []).zero_gradient_steps() == (2, 3)
+
+
+def test_paired_training_reward_gradient_norm_and_interim_accuracy():
+    from opo_trl.compare import RunRecord, summary_rows
+
+    def run(name, seed, reward, grad, interim):
+        # Generation every other step (reward logged at odd steps), a gradient every step, interim evaluations at 2, 4.
+        steps = [{"step": t, "grad_norm": grad(t)} | ({"reward": reward(t)} if t % 2 else {}) for t in range(1, 9)]
+        heldout = [{"step": t, "fingerprint": None, "sampled": [[x] for x in interim[t]]} for t in (2, 4)]
+        return RunRecord(name, seed, {}, steps, heldout)
+
+    runs = []
+    for seed in (0, 1, 2):
+        runs.append(run("opo", seed, lambda t: 0.1 * t, lambda t: 2.0, {2: [0, 0, 0, 0], 4: [1, 1, 1, 0]}))
+        runs.append(run("grpo", seed, lambda t: 0.1 * t - 0.2, lambda t: 1.0 + (t == 5) * 50, {2: [1, 1, 1, 1], 4: [1, 1, 1, 0]}))  # fmt: skip
+    (paired,) = summary_rows(runs)["paired"]
+    # Rewards at steps 1, 3, 5, 7: the last quarter is step 7 alone, where OPO is ahead by 0.2 on every seed.
+    assert paired["reward_late_steps"] == [7, 7]
+    assert paired["reward_late"]["mean"] == pytest.approx(0.2) and paired["reward_late"]["verdict"] == "ahead"
+    # Medians: OPO 2, GRPO 1 (its one 51 does not move the median); the mean difference would be negative.
+    assert paired["grad_norm_median"]["mean"] == pytest.approx(1.0)
+    assert paired["grad_norm_median"]["verdict"] == "ahead"
+    # Interim: at step 2 OPO solves none of the 4 problems and GRPO all, on every seed; at step 4 they tie.
+    assert paired["interim"][2]["mean"] == pytest.approx(-1.0) and paired["interim"][2]["verdict"] == "behind"
+    assert paired["interim"][4]["mean"] == 0 and paired["interim"][4]["verdict"] == "not separated"

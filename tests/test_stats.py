@@ -54,3 +54,17 @@ def test_shapes_are_checked():
         paired_difference(np.zeros((2, 3)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="non-empty"):
         mean_ci(np.zeros((0, 3)))
+
+
+def test_median_difference_ignores_an_outlier_that_dominates_the_mean():
+    # b's gradient norms are a's plus 1 on every step, but a has one outlier step 100x its median.
+    a = np.array([[1.0, 1.2, 0.8, 1.1, 100.0], [0.9, 1.0, 1.3, 0.7, 1.2]])
+    b = a + 1.0
+    b[0, 4] = 2.0
+    median = paired_difference(a, b, statistic="median")
+    assert median.mean == pytest.approx(1.05 - 2.0)  # the medians of the ten values, by hand
+    assert median.verdict == "behind" and median.high < 0
+    # The mean difference is pulled positive by the single step.
+    assert paired_difference(a, b).mean == pytest.approx((a - b).mean()) and paired_difference(a, b).mean > 8
+    with pytest.raises(ValueError, match="statistic must be"):
+        paired_difference(a, b, statistic="mode")
