@@ -270,6 +270,26 @@ def test_private_trl_api_is_as_expected(tmp_path, tiny_model_path, prompt_datase
     assert {"prompt_ids", "prompt_mask", "completion_ids", "completion_mask"} <= set(output)
 
 
+def test_training_order_depends_on_the_seed_only(tmp_path, tiny_model_path):
+    """
+    `opo_trl.compare` pairs the training reward and gradient norm of two algorithms step by step, because runs of one
+    seed draw the same prompts in the same order (TRL's RepeatSampler is seeded by `args.seed`).
+    """
+    from opo_trl.algorithms import ALGORITHMS
+
+    dataset = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(32)]})
+
+    def order(algorithm, seed):
+        spec = ALGORITHMS[algorithm]
+        args = spec.config_cls(**cpu_config_kwargs(tmp_path / f"{algorithm}{seed}", seed=seed), **spec.settings)
+        trainer = spec.trainer_cls(model=tiny_model_path, reward_funcs=digit_reward, args=args, train_dataset=dataset)
+        return list(trainer._get_train_sampler(dataset))
+
+    orders = {a: order(a, 0) for a in ALGORITHMS}
+    assert len(orders["opo"]) > 0 and all(o == orders["opo"] for o in orders.values())
+    assert order("opo", 1) != orders["opo"]
+
+
 def input_keys(method):
     """The keys a `_compute_loss` reads from its `inputs`, from its source."""
     import re
