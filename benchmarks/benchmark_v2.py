@@ -50,6 +50,15 @@ VARIANTS = {
     "opo-mu-chi2": {"mu_target_chi2": 0.01},
 }
 
+# The paper's table (Qwen3-1.7B, MATH level 3, verl; see shared OPO_SPEC): mean training reward over the last 20 of
+# 224 steps, gradient norm, validation accuracy of its second run (100 MATH level-4 problems). Not rerun here.
+PAPER = {
+    "opo": ("0.756", "0.90", "48%"),
+    "grpo": ("0.686", "0.61", "44%"),
+    "dapo": ("~0.67 (noisy)", "0.22", "44%"),
+    "gspo": ("0.713", "0.50", "48%"),
+}
+
 
 @dataclass(frozen=True)
 class Run:
@@ -332,8 +341,11 @@ def report() -> str:
         runs = [r for r in main_runs_if_tuned() if r.task == task and r.done]
         if runs:
             out = DOCS / "main" / task
-            write_report([load_run(r.docs_dir, r.name, r.seed) for r in runs], out, title=f"main table, {task}")
+            records = [load_run(r.docs_dir, r.name, r.seed) for r in runs]
+            write_report(records, out, title=f"main table, {task}")
             sections.append(f"## Main table: {task}\n\n" + (out / "summary.md").read_text().split("\n", 2)[2])
+            (out / "paper.md").write_text(paper_table(records))
+            sections.append(f"## The paper's figures beside ours: {task}\n\n" + (out / "paper.md").read_text())
     variants = [r for r in variant_runs_if_tuned() if r.done]
     if variants:
         default = [
@@ -346,6 +358,35 @@ def report() -> str:
     text = "\n".join(sections)
     (DOCS / "report.md").write_text("# Benchmark v2: tables\n\n" + text)
     return text
+
+
+def paper_table(records) -> str:
+    """The paper's figures beside ours for the same algorithms (`records`: the RunRecords of one task's main table)."""
+    import numpy as np
+
+    from opo_trl.compare import outcome_matrix, shared_steps, step_matrix
+    from opo_trl.stats import mean_ci
+
+    lines = [
+        "| algorithm | paper: training reward, last 20 of 224 steps | ours: training reward, last quarter of 64 steps "
+        "(mean [min, max] over seeds) | paper: grad norm | ours: median grad norm [IQR] | paper: validation accuracy | "
+        "ours: held-out pass@1 after 64 steps [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for algorithm, (reward, grad, accuracy) in PAPER.items():
+        group = [r for r in records if r.name == algorithm]
+        if not group:
+            continue
+        seeds = sorted(r.seed for r in group)
+        rewarded = shared_steps(group, "reward")
+        late = step_matrix(group, seeds, "reward", rewarded[-max(1, len(rewarded) // 4) :]).mean(axis=1)
+        norms = [g for r in group for g in r.values("grad_norm")]
+        q1, median, q3 = np.quantile(norms, [0.25, 0.5, 0.75])
+        lines.append(
+            f"| {algorithm} | {reward} | {late.mean():.3f} [{late.min():.3f}, {late.max():.3f}] | {grad} | "
+            f"{median:.3f} [{q1:.3f}, {q3:.3f}] | {accuracy} | {mean_ci(outcome_matrix(group, seeds))} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main_runs_if_tuned() -> list[Run]:

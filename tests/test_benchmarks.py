@@ -125,3 +125,28 @@ def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
     order.clear()
     bench.main(["main", "--tasks", "basic_arithmetic", "--docs_dir", str(tmp_path), "--work_dir", str(tmp_path / "w")])
     assert len(order) == 16 and {r.task for r in order} == {"basic_arithmetic"}
+
+
+def test_benchmark_v2_paper_table_puts_our_figures_beside_the_papers():
+    from opo_trl.compare import RunRecord
+
+    bench = load_script("benchmark_v2")
+    full = {"fingerprint": "f", "greedy": None}
+    records = [
+        RunRecord(
+            "opo",
+            seed,
+            {},
+            # Rewards logged at steps 1..8: the last quarter is steps 7 and 8.
+            [{"step": t, "reward": 0.1 * t + seed, "grad_norm": float(t)} for t in range(1, 9)],
+            [full | {"step": 0, "sampled": [[0.0]] * 4}, full | {"step": 8, "sampled": [[1.0], [1.0], [0.0], [0.0]]}],
+        )
+        for seed in (0, 1)
+    ]
+    table = bench.paper_table(records)
+    (row,) = [line for line in table.splitlines() if line.startswith("| opo |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # Late reward: seed 0 (0.7 + 0.8) / 2 = 0.75, seed 1 1.75; grad norms 1..8 twice: median 4.5, IQR [2.75, 6.25].
+    assert cells == ["opo", "0.756", "1.250 [0.750, 1.750]", "0.90", "4.500 [2.750, 6.250]", "48%", cells[6]]
+    assert cells[6].startswith("0.500 [")
+    assert "| grpo |" not in table  # only the algorithms that ran
