@@ -151,10 +151,15 @@ def command(run: Run, work_root: Path, before_from: Path | None) -> list[str]:
 
 
 def evaluated_before(run: Run, work_root: Path) -> Path | None:
-    """A finished run of the same phase, task and seed whose evaluation of the initial model can be reused."""
-    for sibling in (DOCS / "runs" / run.phase / run.task).glob(f"*-seed{run.seed}"):
-        if (sibling / "heldout.jsonl").exists() and (sibling / "summary.json").exists():
-            return sibling
+    """
+    A finished run of the same task and seed whose evaluation of the initial model can be reused: of the same phase,
+    or for a variant, of the main table (whose OPO runs the variants are compared with).
+    """
+    phases = [run.phase] + (["main"] if run.phase == "variants" else [])
+    for phase in phases:
+        for sibling in sorted((DOCS / "runs" / phase / run.task).glob(f"*-seed{run.seed}")):
+            if (sibling / "heldout.jsonl").exists() and (sibling / "summary.json").exists():
+                return sibling
     return None
 
 
@@ -219,15 +224,24 @@ def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None
     # Task by task, so that an interrupted phase leaves whole tasks behind. Within a task, the first run of each seed
     # evaluates the initial model and the others of that seed reuse it, so those first runs go first.
     for task in dict.fromkeys(r.task for r in pending):
-        firsts, seen = [], set()
+        firsts = {}
         for r in pending:
-            if r.task == task and r.seed not in seen and evaluated_before(r, work_root) is None:
-                seen.add(r.seed)
-                firsts.append(r)
-        rest = [r for r in pending if r.task == task and r not in firsts]
+            if r.task == task and r.seed not in firsts and evaluated_before(r, work_root) is None:
+                firsts[r.seed] = r
+        rest = [r for r in pending if r.task == task and r not in firsts.values()]
         with ThreadPoolExecutor(jobs) as pool:
-            list(pool.map(lambda r: execute(r, work_root, threads, commit, log), firsts))
-            list(pool.map(lambda r: execute(r, work_root, threads, commit, log), rest))
+            started = {seed: pool.submit(execute, r, work_root, threads, commit, log) for seed, r in firsts.items()}
+            others = [pool.submit(_run_after, started.get(r.seed), r, work_root, threads, commit, log) for r in rest]
+            for future in [*started.values(), *others]:
+                future.result()
+
+
+def _run_after(first, run: Run, *args) -> None:
+    # Only a run whose seed's first run is still going waits (for that run's evaluation of the initial model); the
+    # others take the slots as they free up.
+    if first is not None:
+        first.result()
+    execute(run, *args)
 
 
 def measure(work_root: Path) -> dict:

@@ -150,3 +150,39 @@ def test_benchmark_v2_paper_table_puts_our_figures_beside_the_papers():
     assert cells == ["opo", "0.756", "1.250 [0.750, 1.750]", "0.90", "4.500 [2.750, 6.250]", "48%", cells[6]]
     assert cells[6].startswith("0.500 [")
     assert "| grpo |" not in table  # only the algorithms that ran
+
+
+def test_benchmark_v2_runs_wait_only_for_their_own_seeds_first_run(tmp_path, monkeypatch):
+    import threading
+
+    bench = load_script("benchmark_v2")
+    monkeypatch.setattr(bench, "DOCS", tmp_path)
+
+    def run(name, seed, phase="main"):
+        return bench.Run(phase, "chain_sum", name, name, seed, 1e-5)
+
+    # Seed 0's initial model is already evaluated (a finished run); seeds 2, 3, 4 are not.
+    done = run("opo", 0)
+    done.docs_dir.mkdir(parents=True)
+    for name in ("heldout.jsonl", "summary.json"):
+        (done.docs_dir / name).write_text("{}")
+    # A variant of seed 0 reuses the main table's evaluation of the initial model.
+    assert bench.evaluated_before(run("opo-ref-mean", 0, "variants"), tmp_path) == done.docs_dir
+    assert bench.evaluated_before(run("opo-ref-mean", 2, "variants"), tmp_path) is None
+
+    events, grpo0_started = [], threading.Event()
+
+    def fake_execute(r, *args):
+        events.append(("start", r.name, r.seed))
+        if (r.name, r.seed) == ("grpo", 0):
+            grpo0_started.set()
+        if (r.name, r.seed) == ("opo", 4):
+            # With a barrier between the first runs and the others, grpo seed 0 could not start before this ends.
+            assert grpo0_started.wait(timeout=10), "grpo seed 0 waited for another seed's first run"
+        events.append(("end", r.name, r.seed))
+
+    monkeypatch.setattr(bench, "execute", fake_execute)
+    runs = [run("opo", 2), run("opo", 3), run("opo", 4), run("grpo", 0), run("grpo", 4)]
+    bench.run_phase(runs, jobs=2, work_root=tmp_path / "work", commit=False)
+    assert events.index(("start", "grpo", 4)) > events.index(("end", "opo", 4))  # it needs seed 4's evaluation
+    assert len(events) == 10
