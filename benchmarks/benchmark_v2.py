@@ -378,7 +378,7 @@ def paper_table(records) -> str:
     """The paper's figures beside ours for the same algorithms (`records`: the RunRecords of one task's main table)."""
     import numpy as np
 
-    from opo_trl.compare import outcome_matrix, shared_steps, step_matrix
+    from opo_trl.compare import late_steps, outcome_matrix, shared_steps, step_matrix
     from opo_trl.stats import mean_ci
 
     lines = [
@@ -392,8 +392,7 @@ def paper_table(records) -> str:
         if not group:
             continue
         seeds = sorted(r.seed for r in group)
-        rewarded = shared_steps(group, "reward")
-        late = step_matrix(group, seeds, "reward", rewarded[-max(1, len(rewarded) // 4) :]).mean(axis=1)
+        late = step_matrix(group, seeds, "reward", late_steps(shared_steps(group, "reward"))).mean(axis=1)
         norms = [g for r in group for g in r.values("grad_norm")]
         q1, median, q3 = np.quantile(norms, [0.25, 0.5, 0.75])
         lines.append(

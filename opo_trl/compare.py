@@ -60,21 +60,19 @@ class RunRecord:
     steps: list[dict]
     heldout: list[dict]
 
-    def outcomes(self, greedy: bool = False, before: bool = False) -> np.ndarray | None:
-        """Per-problem outcomes of the evaluation before (step 0) or after training: the fraction of correct samples,
-        or greedy decoding's 0/1."""
-        full = [r for r in self.heldout if r.get("fingerprint")]
-        if not full or (not before and len(full) < 2):
+    def outcomes(self, greedy: bool = False, before: bool = False, step: int | None = None) -> np.ndarray | None:
+        """Per-problem outcomes of the evaluation before (step 0) or after training, or of the interim evaluation (the
+        first problems of the held-out set) at `step`: the fraction of correct samples, or greedy decoding's 0/1."""
+        if step is not None:
+            record = next((r for r in self.heldout if r["step"] == step and not r.get("fingerprint")), None)
+        else:
+            full = [r for r in self.heldout if r.get("fingerprint")]
+            record = None if not full or (not before and len(full) < 2) else full[0] if before else full[-1]
+        if record is None:
             return None
-        record = full[0] if before else full[-1]
         if greedy:
             return None if record["greedy"] is None else np.asarray(record["greedy"], dtype=np.float64)
         return np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
-
-    def interim_outcomes(self, step: int) -> np.ndarray | None:
-        """Per-problem outcomes of the interim evaluation (the first problems of the held-out set) at `step`."""
-        record = next((r for r in self.heldout if r["step"] == step and not r.get("fingerprint")), None)
-        return None if record is None else np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
 
     def values(self, key: str) -> list[float]:
         return [e[key] for e in self.steps if e.get(key) is not None]
@@ -166,10 +164,11 @@ def _run_evaluated_before(output_dir, algorithms, seed):
     return None
 
 
-def outcome_matrix(runs: list[RunRecord], seeds: list[int], greedy=False, before=False) -> np.ndarray | None:
-    """`outcomes[seed, problem]` of the runs of the given seeds, in that order; `None` if any is missing."""
+def outcome_matrix(runs: list[RunRecord], seeds: list[int], **kwargs) -> np.ndarray | None:
+    """`outcomes[seed, problem]` of the runs of the given seeds, in that order (`kwargs`: those of
+    [`RunRecord.outcomes`]); `None` if any is missing."""
     by_seed = {r.seed: r for r in runs}
-    rows = [by_seed[s].outcomes(greedy=greedy, before=before) if s in by_seed else None for s in seeds]
+    rows = [by_seed[s].outcomes(**kwargs) if s in by_seed else None for s in seeds]
     if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
         return None
     return np.stack(rows)
@@ -191,6 +190,11 @@ def step_matrix(runs: list[RunRecord], seeds: list[int], key: str, steps: list[i
 def shared_steps(runs: list[RunRecord], key: str) -> list[int]:
     """The steps at which every run logged `key`."""
     return sorted(set.intersection(*(set(r.logged(key)) for r in runs))) if runs else []
+
+
+def late_steps(steps: list[int]) -> list[int]:
+    """The last quarter of `steps` (at least one): where the paper reads its final training reward."""
+    return steps[-max(1, len(steps) // 4) :]
 
 
 def _paired(a, b, **kwargs) -> dict | None:
@@ -250,7 +254,7 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
             # accuracy moves during training: the same pairing, over training steps and interim evaluations.
             both = [r for r in ours + theirs if r.seed in seeds]
             rewarded, normed = shared_steps(both, "reward"), shared_steps(both, "grad_norm")
-            late = rewarded[-max(1, len(rewarded) // 4) :]  # the last quarter of training
+            late = late_steps(rewarded)
             entry["reward_late"] = _paired(*(step_matrix(g, seeds, "reward", late) for g in (ours, theirs)))
             entry["reward_late_steps"] = [late[0], late[-1]] if late else None
             entry["grad_norm_median"] = _paired(
@@ -258,19 +262,11 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
             )
             interim_steps = sorted({h["step"] for r in ours + theirs for h in r.heldout if not h.get("fingerprint")})
             entry["interim"] = {
-                step: _paired(_interim_matrix(ours, seeds, step), _interim_matrix(theirs, seeds, step))
+                step: _paired(outcome_matrix(ours, seeds, step=step), outcome_matrix(theirs, seeds, step=step))
                 for step in interim_steps
             }
             paired.append(entry)
     return {"algorithms": rows, "paired": paired, "reference": reference}  # fmt: skip
-
-
-def _interim_matrix(runs, seeds, step):
-    by_seed = {r.seed: r.interim_outcomes(step) for r in runs}
-    rows = [by_seed.get(s) for s in seeds]
-    if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
-        return None
-    return np.stack(rows)
 
 
 def summary_markdown(summary: dict, last_k: int = 5) -> str:

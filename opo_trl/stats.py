@@ -54,7 +54,7 @@ def _resampled(matrices, replicates: int, seed: int):
     """
     Yield chunks of two-way bootstrap resamples of equally shaped `[seed, column]` matrices: the same seeds and
     columns are drawn for every matrix of a replicate, so paired matrices stay paired. Each yielded item is a tuple
-    of `(chunk, seeds, columns)` arrays, one per matrix.
+    with one resampled array of shape `(chunk, seeds, columns)` per matrix.
     """
     rng = np.random.default_rng(seed)
     n_seeds, n_columns = matrices[0].shape
