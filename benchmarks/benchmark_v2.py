@@ -369,6 +369,10 @@ def report() -> str:
         out = DOCS / "variants"
         write_report(runs, out, title=f"OPO variants, {VARIANT_TASK}")
         sections.append(f"## OPO's variants: {VARIANT_TASK}\n\n" + (out / "summary.md").read_text().split("\n", 2)[2])
+        (out / "mechanics.md").write_text(variant_mechanics(runs))
+        sections.append(
+            f"## What OPO's variants did to training: {VARIANT_TASK}\n\n" + (out / "mechanics.md").read_text()
+        )
     text = "\n".join(sections)
     (DOCS / "report.md").write_text("# Benchmark v2: tables\n\n" + text)
     return text
@@ -400,6 +404,46 @@ def paper_table(records) -> str:
             f"{median:.3f} [{q1:.3f}, {q3:.3f}] | {accuracy} | {mean_ci(outcome_matrix(group, seeds))} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def variant_mechanics(records) -> str:
+    """
+    What each OPO variant did to the training dynamics (`records`: RunRecords, the default named "opo"): how many
+    rollouts had every group tied (no reward signal), the drive OPO still gave those, and entropy, completion length
+    and gradient norm early against late (the last quarter of the steps). Means over seeds, except the medians.
+    """
+    import numpy as np
+
+    lines = [
+        "| variant | seeds | held-out after, per seed | rollouts with every group tied "
+        "| median mean abs(drive) on those | entropy, step 1 -> last quarter "
+        "| completion length, first rollout -> last quarter | median grad norm |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r.name for r in records):
+        group = sorted((r for r in records if r.name == name), key=lambda r: r.seed)
+        rollouts = [e for r in group for e in r.steps if "frac_reward_zero_std" in e]
+        tied = [e for e in rollouts if e["frac_reward_zero_std"] == 1.0]
+        drive = [e["opo/drive/abs_mean"] for e in tied if "opo/drive/abs_mean" in e]
+        grad_norm = np.median([g for r in group for g in r.values("grad_norm")])
+        heldout = ", ".join(f"{r.outcomes().mean():.3f}" for r in group if r.outcomes() is not None)
+        lines.append(
+            f"| {name} | {len(group)} | {heldout} | {len(tied)} of {len(rollouts)} | "
+            f"{np.median(drive) if drive else float('nan'):.3g} | {_early_late(group, 'entropy')} | "
+            f"{_early_late(group, 'completions/mean_length')} | {grad_norm:.3g} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _early_late(group, key: str) -> str:
+    """A logged figure at its first step -> its mean over the last quarter of the steps, each averaged over seeds."""
+    early, late = [], []
+    for r in group:
+        logged = r.logged(key)
+        steps = sorted(logged)
+        early.append(logged[steps[0]])
+        late.append(statistics.fmean(logged[t] for t in steps[len(steps) - max(1, len(steps) // 4) :]))
+    return f"{statistics.fmean(early):.2f} -> {statistics.fmean(late):.2f}"
 
 
 def main_runs_if_tuned() -> list[Run]:

@@ -186,3 +186,31 @@ def test_benchmark_v2_runs_wait_only_for_their_own_seeds_first_run(tmp_path, mon
     bench.run_phase(runs, jobs=2, work_root=tmp_path / "work", commit=False)
     assert events.index(("start", "grpo", 4)) > events.index(("end", "opo", 4))  # it needs seed 4's evaluation
     assert len(events) == 10
+
+
+def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
+    from opo_trl.compare import RunRecord
+
+    bench = load_script("benchmark_v2")
+    full = {"fingerprint": "f", "greedy": None}
+    heldout = [full | {"step": 0, "sampled": [[0.0]] * 4}, full | {"step": 8, "sampled": [[1.0], [0.0], [0.0], [0.0]]}]
+
+    def steps(seed):
+        # 8 optimizer steps, a rollout every 2: rollouts at steps 1, 3, 5, 7; those at 3 and 7 have every group tied.
+        out = []
+        for t in range(1, 9):
+            entry = {"step": t, "grad_norm": float(t + seed), "entropy": 0.5 + 0.1 * t}
+            if t % 2:
+                tied = t in (3, 7)
+                entry |= {"frac_reward_zero_std": 1.0 if tied else 0.5, "opo/drive/abs_mean": 0.2 * t + seed,
+                          "completions/mean_length": 10.0 + t}  # fmt: skip
+            out.append(entry)
+        return out
+
+    records = [RunRecord("opo-x", seed, {}, steps(seed), heldout) for seed in (0, 1)]
+    (row,) = [line for line in bench.variant_mechanics(records).splitlines() if line.startswith("| opo-x |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # Tied rollouts: 2 per seed. Their drive: 0.6, 1.4 (seed 0) and 1.6, 2.4 (seed 1): median 1.5.
+    # Entropy: 0.6 at step 1; the last quarter is steps 7-8, mean 1.25. Length: 11 at the first rollout, 17 over the
+    # last quarter of the logged rollouts (step 7). Grad norms 1..8 and 2..9: median 5.
+    assert cells == ["opo-x", "2", "0.250, 0.250", "4 of 8", "1.5", "0.60 -> 1.25", "11.00 -> 17.00", "5"]
