@@ -156,7 +156,9 @@ class OPOConfig(GRPOConfig):
         default="none",
         metadata={
             "help": "The rollout policy's log-probability in the escort weight: 'none' (pi_k uniform over the group), "
-            "'sum' (the paper: log pi_k(y) summed over tokens) or 'mean' (its per-token mean); centred per group.",
+            "'sum' (the paper: log pi_k(y) summed over tokens) or 'mean' (its per-token mean); centred per group. "
+            "With 'sum' or 'mean', groups whose rewards all tie still get a drive (towards completions pi_k found "
+            "unlikely); both collapsed in the project's benchmark (docs/RESULTS.md 1.8).",
             "choices": list(ESCORT_REFERENCES),
         },
     )
