@@ -369,10 +369,9 @@ def report() -> str:
         out = DOCS / "variants"
         write_report(runs, out, title=f"OPO variants, {VARIANT_TASK}")
         sections.append(f"## OPO's variants: {VARIANT_TASK}\n\n" + (out / "summary.md").read_text().split("\n", 2)[2])
-        (out / "mechanics.md").write_text(variant_mechanics(runs))
-        sections.append(
-            f"## What OPO's variants did to training: {VARIANT_TASK}\n\n" + (out / "mechanics.md").read_text()
-        )
+        mechanics = variant_mechanics(runs)
+        (out / "mechanics.md").write_text(mechanics)
+        sections.append(f"## What OPO's variants did to training: {VARIANT_TASK}\n\n" + mechanics)
     text = "\n".join(sections)
     (DOCS / "report.md").write_text("# Benchmark v2: tables\n\n" + text)
     return text
@@ -426,7 +425,7 @@ def variant_mechanics(records) -> str:
         tied = [e for e in rollouts if e["frac_reward_zero_std"] == 1.0]
         drive = [e["opo/drive/abs_mean"] for e in tied if "opo/drive/abs_mean" in e]
         grad_norm = np.median([g for r in group for g in r.values("grad_norm")])
-        heldout = ", ".join(f"{r.outcomes().mean():.3f}" for r in group if r.outcomes() is not None)
+        heldout = ", ".join(f"{o.mean():.3f}" for o in (r.outcomes() for r in group) if o is not None)
         lines.append(
             f"| {name} | {len(group)} | {heldout} | {len(tied)} of {len(rollouts)} | "
             f"{np.median(drive) if drive else float('nan'):.3g} | {_early_late(group, 'entropy')} | "
@@ -437,12 +436,14 @@ def variant_mechanics(records) -> str:
 
 def _early_late(group, key: str) -> str:
     """A logged figure at its first step -> its mean over the last quarter of the steps, each averaged over seeds."""
+    from opo_trl.compare import late_steps
+
     early, late = [], []
     for r in group:
         logged = r.logged(key)
         steps = sorted(logged)
         early.append(logged[steps[0]])
-        late.append(statistics.fmean(logged[t] for t in steps[len(steps) - max(1, len(steps) // 4) :]))
+        late.append(statistics.fmean(logged[t] for t in late_steps(steps)))
     return f"{statistics.fmean(early):.2f} -> {statistics.fmean(late):.2f}"
 
 
