@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig
 
 from .core import (
+    ESCORT_FORMS,
+    ESCORT_NORMALIZATIONS,
     ESCORT_REFERENCES,
     LOG_RATIO_AGGREGATIONS,
     MAX_ESCORT_EXPONENT,
@@ -114,6 +116,29 @@ class OPOConfig(GRPOConfig):
             Upper clamp of the chosen mu (with `mu_target_chi2`).
         max_escort_exponent (`float`, *optional*, defaults to `20.0`):
             Cap on the escort exponent, so that no reward scale overflows the weights; at most 30.
+        escort_temperature (`float`, *optional*, defaults to `1.0`):
+            Temperature T > 0 of the escort's target `P* ∝ exp(A / T)`: `w = exp((1 - alpha) * (A / T - c))`. Below 1
+            the weighting is peak-seeking; at 1 with binary rewards the drive is nearly linear in A (GRPO-like).
+        escort_normalization (`str`, *optional*, defaults to `"none"`):
+            `"none"`: `g = w - mean_group(w)` (the paper's projection). `"mean"`: `g = w / mean_group(w) - 1`, the
+            self-normalised escort ratio: scale-free (in [-1, G - 1] whatever T), computed in log space (no cap).
+        escort_form (`str`, *optional*, defaults to `"exp"`):
+            `"exp"`: the exponential escort above. `"softmax_mixture"`: the authors' released code (verl
+            `loss_variant: opo`): `w ∝ q^alpha p^(1 - alpha)` per group with `q = softmax(A / reward_temperature)` and
+            `p = softmax(clamp(Delta, ±log_ratio_clip) / ratio_temperature)` recomputed at every optimizer step of a
+            reused rollout, drive `direction_scale * (G * w - 1)`, quadratic on the clamped Delta. alpha's direction
+            is reversed there: alpha -> 1 is the pure reward softmax.
+        reward_temperature (`float`, *optional*, defaults to `0.3`):
+            `softmax_mixture` only: beta_r of `q = softmax(A / beta_r)`. The authors' code defaults to 0.3; their
+            configs use 0.15 (`opo_qwen3_math.yaml`) and 0.3 (`opo_megatron_qwen3_math_fp8.yaml`).
+        ratio_temperature (`float`, *optional*, defaults to `0.5`):
+            `softmax_mixture` only: tau of `p = softmax(clamp(Delta) / tau)`; 0.5 in the authors' code and configs
+            (which also turn on an adaptive tau, not implemented here).
+        log_ratio_clip (`float`, *optional*, defaults to `5.0`):
+            `softmax_mixture` only: Delta is clamped to [-c, c] inside p and the quadratic (the authors' 5.0).
+        direction_scale (`float` or `None`, *optional*, defaults to `None`):
+            `softmax_mixture` only: s in the drive `s * (G * w - 1)`; `None` is 1 / alpha (their
+            `opo_direction_scale`; their `opo_qwen3_math.yaml` sets 1.33).
 
     > Parameters whose defaults differ from [`GRPOConfig`]
 
@@ -178,6 +203,52 @@ class OPOConfig(GRPOConfig):
             f"{MAX_ESCORT_EXPONENT_LIMIT:g})."
         },
     )
+    escort_temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Escort temperature T > 0: w = exp((1 - alpha) * (A / T - c)). Below 1 the weighting is "
+            "peak-seeking; at 1 with binary rewards the drive is nearly linear in A."
+        },
+    )
+    escort_normalization: str = field(
+        default="none",
+        metadata={
+            "help": "'none': g = w - mean_group(w) (the paper). 'mean': g = w / mean_group(w) - 1, the self-normalised "
+            "escort ratio (scale-free, no exponent cap needed).",
+            "choices": list(ESCORT_NORMALIZATIONS),
+        },
+    )
+    escort_form: str = field(
+        default="exp",
+        metadata={
+            "help": "'exp': the paper's exponential escort. 'softmax_mixture': the authors' released code, "
+            "w ∝ q^alpha p^(1 - alpha) with q = softmax(A / reward_temperature) and p = softmax(clamped Delta / "
+            "ratio_temperature) recomputed at every optimizer step of a reused rollout (alpha -> 1: pure q).",
+            "choices": list(ESCORT_FORMS),
+        },
+    )
+    reward_temperature: float = field(
+        default=0.3,
+        metadata={
+            "help": "softmax_mixture: beta_r of q = softmax(A / beta_r). The authors' code default is 0.3; their "
+            "configs use 0.15 and 0.3."
+        },
+    )
+    ratio_temperature: float = field(
+        default=0.5,
+        metadata={"help": "softmax_mixture: tau of p = softmax(clamp(Delta) / tau); 0.5 in the authors' code."},
+    )
+    log_ratio_clip: float = field(
+        default=5.0,
+        metadata={"help": "softmax_mixture: Delta is clamped to [-c, c] inside p and the quadratic (authors: 5.0)."},
+    )
+    direction_scale: float | None = field(
+        default=None,
+        metadata={
+            "help": "softmax_mixture: s in the drive s * (G * w - 1); None is 1 / alpha (the authors' "
+            "opo_direction_scale; their opo_qwen3_math.yaml sets 1.33)."
+        },
+    )
     scale_rewards: str = field(
         default="none",
         metadata={
@@ -225,6 +296,28 @@ def _check_opo_fields(args: "OPOConfig") -> None:
             fail(name, "a finite float > 0")
     if args.mu_min > args.mu_max:
         fail("mu_min", f"at most mu_max={args.mu_max!r}")
+    if not (isinstance(args.escort_temperature, (int, float)) and math.isfinite(args.escort_temperature)):
+        fail("escort_temperature", "a finite float > 0")
+    if args.escort_temperature <= 0:
+        fail(
+            "escort_temperature",
+            "a finite float > 0 (it divides the advantages; 0 would be an infinitely sharp escort)",
+        )
+    if args.escort_normalization not in ESCORT_NORMALIZATIONS:
+        fail("escort_normalization", f"one of {list(ESCORT_NORMALIZATIONS)}")
+    if args.escort_form not in ESCORT_FORMS:
+        fail("escort_form", f"one of {list(ESCORT_FORMS)}")
+    for name in ("reward_temperature", "ratio_temperature", "log_ratio_clip"):
+        value = getattr(args, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            fail(name, "a finite float > 0")
+    if args.direction_scale is not None and not (
+        isinstance(args.direction_scale, (int, float))
+        and math.isfinite(args.direction_scale)
+        and args.direction_scale > 0
+    ):
+        fail("direction_scale", "None or a finite float > 0")
+    _check_escort_form_fields(args)
     scale = {True: "group", False: "none"}.get(args.scale_rewards, args.scale_rewards)
     if scale not in SCALE_REWARDS:
         fail("scale_rewards", f"one of {list(SCALE_REWARDS)}")
@@ -237,6 +330,33 @@ def _check_opo_fields(args: "OPOConfig") -> None:
                 f"OPOConfig: {name}={getattr(args, name)!r} is not supported by OPO ({why}) Remove it or set it to "
                 f"its default {defaults[name]!r}."
             )
+
+
+# The fields that belong to one escort form; setting one away from its default under the other form is an error.
+EXP_ESCORT_FIELDS = (
+    "escort_temperature",
+    "escort_normalization",
+    "escort_reference",
+    "max_escort_exponent",
+    "mu_target_chi2",
+    "ratio_form",
+)
+SOFTMAX_MIXTURE_FIELDS = ("reward_temperature", "ratio_temperature", "log_ratio_clip", "direction_scale")
+
+
+def _check_escort_form_fields(args: "OPOConfig") -> None:
+    defaults = {f.name: f.default for f in dataclasses.fields(OPOConfig)}
+    other = SOFTMAX_MIXTURE_FIELDS if args.escort_form == "exp" else EXP_ESCORT_FIELDS
+    for name in other:
+        if getattr(args, name) != defaults[name]:
+            raise ValueError(
+                f"OPOConfig: {name}={getattr(args, name)!r} has no effect with escort_form={args.escort_form!r}; "
+                f"remove it or set escort_form={'softmax_mixture' if args.escort_form == 'exp' else 'exp'!r}."
+            )
+    if args.escort_form == "softmax_mixture" and args.alpha == 0 and args.direction_scale is None:
+        raise ValueError(
+            "OPOConfig: alpha=0 with escort_form='softmax_mixture' needs direction_scale: the default scale is 1 / alpha."
+        )
 
 
 def _report_ignored_grpo_fields(args: "OPOConfig") -> dict:

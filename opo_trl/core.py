@@ -9,15 +9,20 @@ functions into `GRPOTrainer`.
 For one prompt with completions y_1..y_G sampled from the rollout policy pi_k and rewards R_i:
 
     A_i     = R_i - mean_j R_j                          centred advantage (optionally divided by a std)
-    w_i     = exp((1 - alpha) * (A_i - c_i))            alpha-escort weight (the sampling geometry); c_i = 0, or
-                                                        the centred log pi_k(y_i) of the paper's full escort
+    w_i     = exp((1 - alpha) * (A_i / T - c_i))        alpha-escort weight (the sampling geometry), temperature T;
+                                                        c_i = 0, or the centred log pi_k(y_i) of the full escort
     g_i     = w_i - mean_j w_j                          escort drive: projection onto E_{pi_k}[v] = 0
+              (or w_i / mean_j w_j - 1, the self-normalised escort ratio, scale-free)
     Delta_i = sum_t log pi_theta(y_it) - log pi_k(y_it) sequence log-ratio (or its per-token mean)
     l_i     = -g_i * v_i + (mu / 2) * v_i^2             v_i = Delta_i (log-ratio surrogate) or exp(Delta_i) - 1
 
 The quadratic term (Pearson chi-square, stiffness mu) is the trust region: there is no clipping, the Hessian in v is
 the constant mu, and the minimiser is v_i* = g_i / mu, which sums to zero over each group. mu is either fixed or
 chosen per rollout so that that minimiser spends a chi-square budget ([`trust_region_mu`]).
+
+[`softmax_mixture_drive`] is the form of the authors' released code: w = q^alpha p^(1 - alpha) with q the softmax of the
+advantages and p the softmax of the current (clamped) log-ratios, so that a reused rollout is re-weighted at every
+optimizer step.
 """
 
 from collections.abc import Callable
@@ -30,6 +35,10 @@ LOG_RATIO_AGGREGATIONS = ("mean", "sum")
 SCALE_REWARDS = ("none", "group", "batch")
 # log pi_k(y) in the escort weight: none (pi_k uniform over the group), per-token mean, or sum (the paper).
 ESCORT_REFERENCES = ("none", "mean", "sum")
+# g = w - mean(w) (the paper's projection) or w / mean(w) - 1 (the self-normalised escort ratio).
+ESCORT_NORMALIZATIONS = ("none", "mean")
+# The paper's exponential escort family, or the authors' released softmax mixture (verl `loss_variant: opo`).
+ESCORT_FORMS = ("exp", "softmax_mixture")
 
 # Default cap on the escort exponent (1 - alpha) * A: exp(20) ~ 4.9e8 keeps w, g and g * Delta finite in float32.
 MAX_ESCORT_EXPONENT = 20.0
@@ -100,26 +109,37 @@ def escort_drive(
     valid: torch.Tensor | None = None,
     max_exponent: float = MAX_ESCORT_EXPONENT,
     log_reference: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    normalization: str = "none",
 ) -> EscortDrive:
     """
-    The alpha-escort drive g_i = w_i - mean_j w_j, per prompt group.
+    The alpha-escort drive g_i = w_i - mean_j w_j (or w_i / mean_j w_j - 1), per prompt group.
 
-    The escort distribution is rho_alpha ∝ pi_k^alpha * P*^(1 - alpha) with P* ∝ exp(A). Relative to pi_k, which
-    sampled the completions, its weight is
+    The escort distribution is rho_alpha ∝ pi_k^alpha * P*^(1 - alpha) with P* ∝ exp(A / T), T the escort temperature
+    (the KL-anchored target P* ∝ pi_k exp(A / T) when pi_k's own factor is absorbed by the sampling). Relative to pi_k,
+    which sampled the completions, its weight is
 
-        w_i = exp((1 - alpha) * (A_i - c_i)),    c_i = l_i - mean_group(l),  l_i = log pi_k(y_i)
+        w_i = exp((1 - alpha) * (A_i / T - c_i)),    c_i = l_i - mean_group(l),  l_i = log pi_k(y_i)
 
     Without `log_reference`, c = 0: pi_k is treated as uniform over the group. With it (the paper's Algorithm 1),
-    among completions of equal advantage the less likely ones get more drive, and alpha -> 0 gives P* / pi_k.
+    among completions of equal advantage the less likely ones get more drive, and alpha -> 0 gives P* / pi_k. A
+    temperature below 1 makes the weighting peak-seeking; at T = 1 with binary rewards the exponent is small and g is
+    nearly linear in A.
 
     Centring l within the group multiplies every weight of the group by the same factor exp((1 - alpha) * mean l),
     so it changes the drive's scale per group and nothing else (not which completions gain or lose, nor their
     ratios). It is what keeps the weights usable: log pi_k of a 30-token completion is tens of nats, and
-    pi_k(y)^-(1 - alpha) alone would be around e^18. The exponent is still capped at `max_exponent`.
+    pi_k(y)^-(1 - alpha) alone would be around e^18.
 
-    Subtracting the group mean of w is the orthogonal projection onto probability conservation, so g sums to zero over
-    the valid completions of every group. Invalid completions (`valid` false, or a `NaN` advantage) get g = 0 and are
-    left out of the group mean; a group with no valid completion contributes nothing.
+    `normalization="none"` subtracts the group mean of w: the orthogonal projection onto probability conservation, so
+    g sums to zero over the valid completions of every group; the exponent is capped at `max_exponent`.
+    `normalization="mean"` divides by it instead, g_i = w_i / mean_j w_j - 1: a self-normalised estimate of the escort
+    ratio rho_alpha / pi_k minus 1, which has mean 0 under pi_k too. It is today's drive divided by the group's mean w,
+    so it is scale-free (g in [-1, n - 1] for n valid completions whatever T or the reward scale) and is computed in log
+    space, so no exponent is capped. Either way a group whose exponents all tie gets g = 0 exactly.
+
+    Invalid completions (`valid` false, or a `NaN` advantage) get g = 0 and are left out of the group mean; a group with
+    no valid completion contributes nothing.
 
     Args:
         advantages (`torch.Tensor`):
@@ -131,28 +151,137 @@ def escort_drive(
         valid (`torch.Tensor` or `None`, *optional*):
             Boolean mask of completions that carry a reward.
         max_exponent (`float`, *optional*, defaults to `MAX_ESCORT_EXPONENT`):
-            Upper bound on the exponent, so that w never overflows to inf whatever the reward scale.
+            Upper bound on the exponent with `normalization="none"`, so that w never overflows to inf.
         log_reference (`torch.Tensor` or `None`, *optional*):
             l_i = log pi_k(y_i) per completion (e.g. [`sequence_log_prob`] of the rollout policy's token log-probs),
             shape like `advantages`. `NaN` entries (no tokens) get c_i = 0 and stay out of the group mean of l.
+        temperature (`float`, *optional*, defaults to `1.0`):
+            Escort temperature T > 0 that divides the advantages.
+        normalization (`str`, *optional*, defaults to `"none"`):
+            `"none"` (g = w - mean w) or `"mean"` (g = w / mean w - 1).
 
     Returns:
-        [`EscortDrive`]: The drive g, the escort weights w (both 0 where invalid) and where the exponent was capped.
+        [`EscortDrive`]: The drive g, the escort weights (w with `"none"`, w / mean w with `"mean"`; 0 where invalid)
+        and where the exponent was capped.
     """
+    if normalization not in ESCORT_NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {ESCORT_NORMALIZATIONS}, got {normalization!r}.")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}.")
     advantages = advantages.detach()
     ok = ~torch.isnan(advantages)
     if valid is not None:
         ok = ok & valid.to(torch.bool)
     exponent = torch.where(ok, advantages, torch.zeros_like(advantages))
+    if temperature != 1.0:
+        exponent = exponent / temperature
     if log_reference is not None:
         exponent = exponent - _group_centred(log_reference.detach().to(advantages.dtype), ok, num_generations)
     exponent = (1.0 - alpha) * exponent
+    grouped_ok = ok.view(-1, num_generations)
+    n_ok = grouped_ok.sum(dim=1, keepdim=True).clamp(min=1)
+    if normalization == "mean":
+        # w_i / mean_j w_j = exp(e_i - max e) / mean_j exp(e_j - max e): the largest term is 1, nothing overflows, and
+        # equal exponents give exactly 1 (so g = 0) whatever their value.
+        grouped_e = torch.where(grouped_ok, exponent.view(-1, num_generations), -torch.inf)
+        top = grouped_e.max(dim=1, keepdim=True).values
+        relative = torch.exp(grouped_e - torch.where(torch.isfinite(top), top, 0.0))
+        ratio = relative / (relative.sum(dim=1, keepdim=True) / n_ok).clamp(min=torch.finfo(relative.dtype).tiny)
+        drive = (ratio - 1.0) * grouped_ok
+        return EscortDrive(drive.reshape(advantages.shape), ratio.reshape(advantages.shape), torch.zeros_like(ok))
     clipped = ok & (exponent > max_exponent)
     weights = torch.exp(exponent.clamp(max=max_exponent)) * ok
-    grouped_w, grouped_ok = weights.view(-1, num_generations), ok.view(-1, num_generations)
-    mean_w = grouped_w.sum(dim=1, keepdim=True) / grouped_ok.sum(dim=1, keepdim=True).clamp(min=1)
+    grouped_w = weights.view(-1, num_generations)
+    mean_w = grouped_w.sum(dim=1, keepdim=True) / n_ok
     drive = (grouped_w - mean_w) * grouped_ok
     return EscortDrive(drive.reshape(advantages.shape), weights, clipped)
+
+
+class MixtureDrive(NamedTuple):
+    """The softmax-mixture drive of a batch of groups, flat and detached."""
+
+    drive: torch.Tensor  # s * (n * w - 1), the per-sequence drive the loss uses; 0 where invalid
+    weights: torch.Tensor  # w = q^alpha p^(1 - alpha), normalised to sum 1 over each group's valid completions
+    clipped: torch.Tensor  # bool: |Delta| reached the log-ratio clip
+    q_entropy: torch.Tensor  # (num_groups,) entropy of q, in nats
+    p_entropy: torch.Tensor  # (num_groups,) entropy of p, in nats
+
+
+def softmax_mixture_drive(
+    advantages: torch.Tensor,
+    log_ratio: torch.Tensor,
+    num_generations: int,
+    alpha: float,
+    reward_temperature: float = 0.3,
+    ratio_temperature: float = 0.5,
+    log_ratio_clip: float = 5.0,
+    direction_scale: float | None = None,
+    valid: torch.Tensor | None = None,
+) -> MixtureDrive:
+    """
+    The drive of the authors' released OPO (verl, `adpo/core_algos.py`, `loss_variant: opo`), per prompt group:
+
+        q = softmax(A / beta_r),   p = softmax(clamp(Delta, -c, c) / tau),   w ∝ q^alpha p^(1 - alpha),  sum w = 1
+        g_i = w_i - 1 / n,         drive_i = s * n * g_i = s * (n * w_i - 1),  s = direction_scale or 1 / alpha
+
+    Their loss per group is `-s * sum_i g_i * lbar_i + (mu / 2) * mean_i clamp(Delta_i)^2`, averaged over groups;
+    written per sequence and averaged over all sequences, that is `-drive_i * Delta_i + (mu / 2) * clamp(Delta_i)^2`
+    (the same gradient: lbar_i and Delta_i differ by a constant). So `drive` is their sum over the group's n
+    completions made per-sequence, which is why it is n * s times g. alpha's direction is the reverse of the
+    exponential escort's: alpha -> 1 is the pure reward softmax q, alpha -> 0 the pure ratio softmax p.
+
+    On the first optimizer step of a rollout Delta = 0, p is uniform and the drive depends on the rewards alone (a tied
+    group gets exactly 0). On later steps of a reused rollout p follows the completions whose ratio already rose, and
+    even a tied group is driven towards them.
+
+    Weights are formed in log space (log w = alpha log q + (1 - alpha) log p, then a softmax), which is their
+    `(q + 1e-10)^alpha (p + 1e-10)^(1 - alpha)` normalised, without the 1e-10. Invalid completions (`valid` false or a
+    `NaN` advantage) are left out of both softmaxes and get drive 0.
+
+    Args:
+        advantages (`torch.Tensor`): Flat `(num_groups * num_generations,)` advantages.
+        log_ratio (`torch.Tensor`): Current sequence log-ratio Delta against the rollout policy, same shape.
+        num_generations (`int`): Completions per prompt (G).
+        alpha (`float`): Weight of q in the mixture, in [0, 1]; > 0 unless `direction_scale` is given.
+        reward_temperature (`float`, *optional*, defaults to `0.3`): beta_r > 0.
+        ratio_temperature (`float`, *optional*, defaults to `0.5`): tau > 0.
+        log_ratio_clip (`float`, *optional*, defaults to `5.0`): c > 0, the clamp of Delta inside p.
+        direction_scale (`float` or `None`, *optional*): s; `None` is 1 / alpha.
+        valid (`torch.Tensor` or `None`, *optional*): Boolean mask of completions that carry a reward.
+
+    Returns:
+        [`MixtureDrive`].
+    """
+    if direction_scale is None and alpha <= 0:
+        raise ValueError("alpha must be > 0 when direction_scale is None (the direction scale is 1 / alpha).")
+    scale = direction_scale if direction_scale is not None else 1.0 / alpha
+    advantages, log_ratio = advantages.detach(), log_ratio.detach().to(advantages.dtype)
+    ok = ~torch.isnan(advantages)
+    if valid is not None:
+        ok = ok & valid.to(torch.bool)
+    grouped_ok = ok.view(-1, num_generations)
+    n_ok = grouped_ok.sum(dim=1, keepdim=True)
+
+    def group_log_softmax(x):
+        x = torch.where(grouped_ok, x.view(-1, num_generations), -torch.inf)
+        out = torch.log_softmax(x, dim=1)
+        return torch.where(grouped_ok, out, -torch.inf)  # a group with no valid entry gives NaN; keep it -inf
+
+    log_q = group_log_softmax(torch.where(ok, advantages, 0.0) / reward_temperature)
+    clipped = ok & (log_ratio.abs() >= log_ratio_clip)
+    log_p = group_log_softmax(log_ratio.clamp(-log_ratio_clip, log_ratio_clip) / ratio_temperature)
+    log_w = group_log_softmax(
+        alpha * torch.where(grouped_ok, log_q, 0.0) + (1 - alpha) * torch.where(grouped_ok, log_p, 0.0)
+    )
+    w = torch.exp(log_w) * grouped_ok
+    drive = scale * (n_ok * w - 1.0) * grouped_ok
+
+    def entropy(log_x):
+        return -(torch.exp(log_x) * torch.where(grouped_ok, log_x, 0.0)).sum(dim=1)
+
+    return MixtureDrive(
+        drive.reshape(advantages.shape), w.reshape(advantages.shape), clipped, entropy(log_q), entropy(log_p)
+    )
 
 
 def _group_centred(values: torch.Tensor, ok: torch.Tensor, num_generations: int) -> torch.Tensor:
@@ -238,7 +367,11 @@ RATIO_FORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"log": _log_ra
 
 
 def opo_loss(
-    delta: torch.Tensor, drive: torch.Tensor, mu: float | torch.Tensor, ratio_form: str = "log"
+    delta: torch.Tensor,
+    drive: torch.Tensor,
+    mu: float | torch.Tensor,
+    ratio_form: str = "log",
+    log_ratio_clip: float | None = None,
 ) -> torch.Tensor:
     """
     Per-sequence OPO loss l_i = -g_i * v_i + (mu / 2) * v_i^2, "work minus dissipation" with the sign flipped.
@@ -250,6 +383,8 @@ def opo_loss(
         drive (`torch.Tensor`): `(B,)` escort drive g (treated as a constant).
         mu (`float` or `torch.Tensor`): Stiffness of the chi-square trust region, > 0 (a scalar or one per sequence).
         ratio_form (`str`, *optional*, defaults to `"log"`): `"log"` (v = Delta) or `"exact"` (v = exp(Delta) - 1).
+        log_ratio_clip (`float` or `None`, *optional*): If set, the quadratic acts on `clamp(Delta, -c, c)` (the
+            authors' released code), so it exerts no restoring force past c; the linear term is not clamped.
 
     Returns:
         `torch.Tensor`: `(B,)` per-sequence losses.
@@ -257,7 +392,8 @@ def opo_loss(
     if ratio_form not in RATIO_FORMS:
         raise ValueError(f"ratio_form must be one of {tuple(RATIO_FORMS)}, got {ratio_form!r}.")
     v = RATIO_FORMS[ratio_form](delta)
-    return -drive.detach() * v + 0.5 * mu * v.pow(2)
+    v_quadratic = v if log_ratio_clip is None else v.clamp(-log_ratio_clip, log_ratio_clip)
+    return -drive.detach() * v + 0.5 * mu * v_quadratic.pow(2)
 
 
 def sequence_importance_weight(importance_sampling_ratio: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -305,6 +441,7 @@ def opo_sequence_loss(
     ref_per_token_logps: torch.Tensor | None = None,
     beta: float = 0.0,
     kl_ratio_correction: bool = True,
+    log_ratio_clip: float | None = None,
 ) -> SequenceLoss:
     """
     The whole per-sequence OPO loss of a micro-batch: the log-ratio Delta against the rollout policy, the quadratic
@@ -323,12 +460,13 @@ def opo_sequence_loss(
         ref_per_token_logps (`torch.Tensor`, *optional*): `(B, T)` reference log-probs; needed when `beta > 0`.
         beta (`float`, *optional*, defaults to `0.0`): KL coefficient.
         kl_ratio_correction (`bool`, *optional*, defaults to `True`): Weight the KL by the token ratio to pi_k.
+        log_ratio_clip (`float`, *optional*): Clamp of Delta inside the quadratic, see [`opo_loss`].
 
     Returns:
         [`SequenceLoss`]: The per-sequence loss, Delta and the per-token KL (or `None`).
     """
     delta = sequence_log_ratio(per_token_logps, old_per_token_logps, mask, aggregation)
-    loss = opo_loss(delta, drive, mu, ratio_form)
+    loss = opo_loss(delta, drive, mu, ratio_form, log_ratio_clip)
     if importance_weight is not None:
         loss = loss * importance_weight.detach()
     kl = None
@@ -339,14 +477,19 @@ def opo_sequence_loss(
 
 
 def escort_statistics(
-    escort: EscortDrive, num_generations: int, mu: float | torch.Tensor, valid: torch.Tensor | None = None
+    escort: EscortDrive | MixtureDrive,
+    num_generations: int,
+    mu: float | torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """
     Diagnostics of one batch of escort drives (all processes): weight stats, |g|, half the range of g per group (the
     denominator of the paper's gradient-response efficiency), effective sample size, positivity violations,
-    exponent-capped fraction, groups without signal and, given `valid`, the unscorable fraction. One host sync.
+    exponent-capped fraction (for the softmax mixture: the fraction of |Delta| at the clip), groups without signal,
+    given `valid` the unscorable fraction, and for the softmax mixture the mean entropy of q and p per group. One host
+    sync.
     """
-    drive, weights, clipped = escort
+    drive, weights, clipped = escort.drive, escort.weights, escort.clipped
     # Not `weights > 0`: the weight of a very negative advantage underflows to 0 but is still a scored sample.
     ok = torch.ones_like(weights, dtype=torch.bool) if valid is None else valid.to(torch.bool)
     n_ok = ok.sum().clamp(min=1).double()
@@ -373,6 +516,9 @@ def escort_statistics(
     }
     if valid is not None:
         stats["unscorable_frac"] = 1.0 - valid.double().mean()
+    if isinstance(escort, MixtureDrive):
+        stats["escort/q_entropy"] = (escort.q_entropy.double() * has_data).sum() / has_data.sum().clamp(min=1)
+        stats["escort/p_entropy"] = (escort.p_entropy.double() * has_data).sum() / has_data.sum().clamp(min=1)
     return _to_floats(stats)
 
 

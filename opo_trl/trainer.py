@@ -17,6 +17,8 @@ from .core import (
     ratio_statistics,
     sequence_importance_weight,
     sequence_log_prob,
+    sequence_log_ratio,
+    softmax_mixture_drive,
     trust_region_mu,
 )
 from .validation import validate_dataset
@@ -139,27 +141,36 @@ class OPOTrainer(GRPOTrainer):
         local_advantages = output["advantages"]
         advantages = self.accelerator.gather(local_advantages)
         scorable = ~torch.isnan(self._opo_rewards_per_func).all(dim=1)
-        log_reference = None
-        if args.escort_reference != "none":
-            mask = _loss_mask(output)
-            local = sequence_log_prob(self._rollout_logps(output, mode), mask, args.escort_reference)
-            log_reference = self.accelerator.gather(local)
-        escort = escort_drive(
-            advantages,
-            num_generations,
-            args.alpha,
-            valid=scorable,
-            max_exponent=args.max_escort_exponent,
-            log_reference=log_reference,
-        )
+        rank, n_local = self.accelerator.process_index, local_advantages.size(0)
+        rows = torch.arange(rank * n_local, (rank + 1) * n_local, device=local_advantages.device)
+        if args.escort_form == "softmax_mixture":
+            # The policy has not moved since generation: Delta = 0 and p is uniform. Later optimizer steps on this
+            # rollout recompute p from the current policy (`_refresh_mixture_drive`), so keep what q needs.
+            escort = self._mixture_drive(advantages, torch.zeros_like(advantages), scorable, num_generations)
+            output["opo_advantage"] = local_advantages
+            output["opo_scorable"] = scorable[rows]
+        else:
+            log_reference = None
+            if args.escort_reference != "none":
+                mask = _loss_mask(output)
+                local = sequence_log_prob(self._rollout_logps(output, mode), mask, args.escort_reference)
+                log_reference = self.accelerator.gather(local)
+            escort = escort_drive(
+                advantages,
+                num_generations,
+                args.alpha,
+                valid=scorable,
+                max_exponent=args.max_escort_exponent,
+                log_reference=log_reference,
+                temperature=args.escort_temperature,
+                normalization=args.escort_normalization,
+            )
         if args.mu_target_chi2 is None:
             mu = torch.tensor(args.mu, device=advantages.device)
         else:
             mu = trust_region_mu(
                 escort.drive, args.mu_target_chi2, valid=scorable, mu_min=args.mu_min, mu_max=args.mu_max
             )
-        rank, n_local = self.accelerator.process_index, local_advantages.size(0)
-        rows = torch.arange(rank * n_local, (rank + 1) * n_local, device=local_advantages.device)
         output["advantages"] = escort.drive[rows]
         # Per sequence, so that they follow each completion through TRL's shuffling and splitting into micro-batches.
         output["opo_mu"] = mu.to(local_advantages.dtype).expand(n_local).clone()
@@ -172,11 +183,83 @@ class OPOTrainer(GRPOTrainer):
                 table[-k] = drive[-k]
             self._opo_delta_by_row = {}
 
+        self._log_escort(mode, escort, num_generations, mu, scorable)
+        return output
+
+    def _log_escort(self, mode, escort, num_generations, mu, scorable):
         stats = escort_statistics(escort, num_generations, mu, valid=scorable)
-        stats["mu"] = mu.item()
+        stats["mu"] = float(mu)
         for name, value in stats.items():
             self._metrics[mode][f"opo/{name}"].append(value)
-        return output
+
+    def _mixture_drive(self, advantages, log_ratio, scorable, num_generations):
+        args = self.args
+        return softmax_mixture_drive(
+            advantages,
+            log_ratio,
+            num_generations,
+            args.alpha,
+            reward_temperature=args.reward_temperature,
+            ratio_temperature=args.ratio_temperature,
+            log_ratio_clip=args.log_ratio_clip,
+            direction_scale=args.direction_scale,
+            valid=scorable,
+        )
+
+    def _prepare_inputs(self, generation_batch):
+        step, buffered = self._step, self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        # The softmax mixture's p depends on the current policy: at the first micro-batch of every optimizer step that
+        # reuses a rollout, recompute the drive of the whole rollout (a group's completions are spread over the
+        # rollout's micro-batches and over processes, so no micro-batch can do it alone).
+        if (
+            self.model.training
+            and self.args.escort_form == "softmax_mixture"
+            and self._buffered_inputs is buffered
+            and step % self.args.gradient_accumulation_steps == 0
+        ):
+            self._refresh_mixture_drive()
+        return inputs
+
+    def _refresh_mixture_drive(self):
+        """Recompute the softmax-mixture drive of the buffered rollout from the policy's current log-ratios."""
+        chunks = self._buffered_inputs
+        deltas = []
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            for chunk in chunks:
+                if chunk.get("old_per_token_logps") is None:
+                    raise RuntimeError("escort_form='softmax_mixture' reuses a rollout without its old log-probs.")
+                input_ids = torch.cat([chunk["prompt_ids"], chunk["completion_ids"]], dim=1)
+                attention_mask = torch.cat([chunk["prompt_mask"], chunk["completion_mask"]], dim=1)
+                logps, _, _ = self._get_per_token_logps_and_entropies(
+                    self.model,
+                    input_ids,
+                    attention_mask,
+                    chunk["completion_ids"].size(1),
+                    batch_size=self.args.per_device_train_batch_size,
+                    **{key: chunk[key] for key in MULTIMODAL_KEYS if key in chunk},
+                )
+                deltas.append(
+                    sequence_log_ratio(
+                        logps, chunk["old_per_token_logps"], _loss_mask(chunk), self.args.log_ratio_aggregation
+                    )
+                )
+        local = torch.stack(
+            [
+                torch.cat([c["opo_row"].to(deltas[0].dtype) for c in chunks]),
+                torch.cat([c["opo_advantage"].to(deltas[0].dtype) for c in chunks]),
+                torch.cat([c["opo_scorable"].to(deltas[0].dtype) for c in chunks]),
+                torch.cat(deltas),
+            ],
+            dim=1,
+        )
+        rows, advantages, scorable, delta = self.accelerator.gather(local).unbind(1)
+        order = torch.argsort(rows)
+        advantages, scorable, delta = advantages[order], scorable[order].bool(), delta[order]
+        escort = self._mixture_drive(advantages, delta, scorable, self.num_generations)
+        for chunk in chunks:
+            chunk["advantages"] = escort.drive[chunk["opo_row"]].to(chunk["advantages"].dtype)
+        self._log_escort("train", escort, self.num_generations, self.args.mu, scorable)
 
     def _rollout_logps(self, output, mode):
         """Token log-probs of the completions under the rollout policy pi_k."""
@@ -246,6 +329,7 @@ class OPOTrainer(GRPOTrainer):
             ref_per_token_logps=inputs.get("ref_per_token_logps"),
             beta=self.beta,
             kl_ratio_correction=self.args.use_bias_correction_kl,
+            log_ratio_clip=self.args.log_ratio_clip if self.args.escort_form == "softmax_mixture" else None,
         )
 
         mode = "train" if self.model.training else "eval"
@@ -257,6 +341,8 @@ class OPOTrainer(GRPOTrainer):
         if self._entropy_bonus_enabled:
             # TRL's static entropy bonus, beside the policy term and independent of how that term is normalised.
             loss = loss - self.entropy_coef * entropy_bonus(entropies, mask) / normalizer
+            # TRL's keys, with TRL's meaning: the loss before the bonus, so that policy_loss - loss = coef * entropy.
+            self._metrics[mode]["policy_loss"].append(self.accelerator.gather(policy_loss).nanmean().item())
             if mode == "train" and self.accelerator.sync_gradients:
                 self._metrics[mode]["entropy_coef"].append(self.entropy_coef)
         if self.aux_loss_enabled:

@@ -79,3 +79,20 @@ def test_full_escort_and_chosen_mu_do_not_depend_on_the_process_count(tmp_path, 
     assert len(set(one["mu"])) == 1 and len(set(two["mu"])) == 1
     assert two["mu"][0] == pytest.approx(one["mu"][0], rel=1e-5)
     assert one["mu"][0] == pytest.approx(trust_region_mu(expected, 0.02).item(), rel=1e-5)
+
+
+@pytest.mark.multiprocess
+def test_softmax_mixture_refresh_does_not_depend_on_the_process_count(tmp_path, tiny_model_path):
+    # num_iterations=2: both optimizer steps use the whole rollout, so 1 and 2 processes see the same batches. The
+    # second step recomputes p from log-ratios that the first step moved, gathered across processes.
+    overrides = {"escort_form": "softmax_mixture", "alpha": 0.5, "num_iterations": 2, "max_steps": 2}
+    one = run(1, tmp_path / "one", tiny_model_path, overrides)
+    two = run(2, tmp_path / "two", tiny_model_path, overrides)
+    assert two["world_size"] == 2 and len(two["local_drive"]) == 6  # the second group straddles the processes
+    torch.testing.assert_close(torch.tensor(two["drive"]), torch.tensor(one["drive"]), atol=1e-6, rtol=1e-5)
+    refreshed_one, refreshed_two = torch.tensor(one["refreshed_drive"]), torch.tensor(two["refreshed_drive"])
+    assert (refreshed_one - torch.tensor(one["drive"])).abs().max() > 1e-3  # p moved with the policy
+    torch.testing.assert_close(refreshed_two, refreshed_one, atol=1e-4, rtol=1e-3)
+    assert len(one["losses"]) == len(two["losses"]) == 2
+    assert two["losses"][1] == pytest.approx(one["losses"][1], rel=1e-3, abs=1e-6)
+    torch.testing.assert_close(torch.tensor(two["params"]), torch.tensor(one["params"]), atol=5e-5, rtol=1e-4)

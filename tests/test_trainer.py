@@ -89,7 +89,9 @@ def test_loss_on_hand_built_batch_equals_formula(tmp_path, tiny_model_path, prom
         kl = (torch.exp(ref - logps) - (ref - logps) - 1) * torch.exp(logps - old)
         hand = hand + beta * ((kl * mask).sum(-1) / mask.sum(-1))
     (grad_hand,) = torch.autograd.grad(hand.mean() / accumulation, model.model.embed_tokens.weight)
-    torch.testing.assert_close(grad_trainer, grad_hand, rtol=1e-4, atol=1e-7)
+    # TRL's fused log-prob head and log_softmax sum in different orders: float32 rounding of about 3e-7 in absolute
+    # terms shows up on single elements (seen with the "sum" aggregation), far below any real error's size.
+    torch.testing.assert_close(grad_trainer, grad_hand, rtol=1e-4, atol=1e-6)
 
 
 def test_drive_is_escort_of_weighted_rewards_with_missing_rewards_left_out(tmp_path, tiny_model_path, prompt_dataset):

@@ -39,7 +39,7 @@ def reward(completions, **kwargs):
 
 def main(out_dir, model_dir, overrides=None):
     dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(6) for b in range(6)]})
-    args = OPOConfig(
+    settings = dict(
         output_dir=out_dir,
         use_cpu=True,
         bf16=False,
@@ -54,8 +54,8 @@ def main(out_dir, model_dir, overrides=None):
         max_completion_length=16,
         alpha=0.3,
         per_device_train_batch_size=ROWS_PER_STEP // int(__import__("os").environ.get("WORLD_SIZE", "1")),
-        **(overrides or {}),
     )
+    args = OPOConfig(**{**settings, **(overrides or {})})
     trainer = OPOTrainer(
         model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, rollout_func=rollout_func
     )
@@ -78,12 +78,25 @@ def main(out_dir, model_dir, overrides=None):
         seen["mu"] = trainer.accelerator.gather(output["opo_mu"]).tolist()
         return output
 
+    def record_refresh():
+        refresh()
+        # The drive of every completion after the softmax mixture's refresh, in global row order.
+        chunks = trainer._buffered_inputs
+        local = torch.stack(
+            [torch.cat([c["opo_row"].float() for c in chunks]), torch.cat([c["advantages"] for c in chunks])], 1
+        )
+        rows, drive = trainer.accelerator.gather(local).unbind(1)
+        seen["refreshed_drive"] = drive[rows.argsort()].tolist()
+
+    refresh = trainer._refresh_mixture_drive
     trainer._generate_and_score_completions = record
     trainer._rollout_logps = record_reference
+    trainer._refresh_mixture_drive = record_refresh
     trainer.train()
     if trainer.accelerator.is_main_process:
         params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
         step = next(e for e in trainer.state.log_history if "grad_norm" in e)
+        seen["losses"] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         json.dump(
             {
                 **seen,
