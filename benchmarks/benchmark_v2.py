@@ -6,7 +6,7 @@ confidence intervals. The phases, in order:
     python benchmarks/benchmark_v2.py plan                 # every run of every phase, with the time estimate
     python benchmarks/benchmark_v2.py tune     [--jobs 2]  # learning rate per algorithm, on the validation split
     python benchmarks/benchmark_v2.py main     [--jobs 2]  # the main table, at the chosen rates
-    python benchmarks/benchmark_v2.py variants [--jobs 2]  # OPO's own options: escort_reference, mu_target_chi2
+    python benchmarks/benchmark_v2.py variants [--jobs 2]  # OPO's own options: escort forms, mu_target_chi2
     python benchmarks/benchmark_v2.py report               # tables, paired statistics and plots into docs/
 
 Every run is `python -m opo_trl.run --config recipes/benchmark_<task>.yaml --algorithm A --seed S ...` in its own
@@ -48,6 +48,19 @@ VARIANTS = {
     "opo-ref-mean": {"escort_reference": "mean"},
     "opo-ref-sum": {"escort_reference": "sum"},
     "opo-mu-chi2": {"mu_target_chi2": 0.01},
+    # The escort family (OPO_SPEC, "What the benchmark found"): a peak-seeking temperature, the self-normalised ratio
+    # at that temperature, and the authors' released softmax mixture with the values of their opo_qwen3_math.yaml.
+    "opo-temp0.3": {"escort_temperature": 0.3},
+    "opo-selfnorm-temp0.3": {"escort_temperature": 0.3, "escort_normalization": "mean"},
+    "opo-softmax-mixture": {
+        "escort_form": "softmax_mixture",
+        "alpha": 0.75,
+        "mu": 0.5,
+        "direction_scale": 1.33,
+        "reward_temperature": 0.15,
+        "ratio_temperature": 0.5,
+        "log_ratio_clip": 5.0,
+    },
 }
 
 # The paper's table (Qwen3-1.7B, MATH level 3, verl; see shared OPO_SPEC): mean training reward over the last 20 of

@@ -107,7 +107,7 @@ def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
     assert bench.chosen_learning_rates() == {"opo": 3e-5, "grpo": 3e-6, "dapo": 3e-6, "gspo": 3e-6}
 
     main = bench.main_runs()
-    assert len(main) == 32 and len(bench.variant_runs()) == 9
+    assert len(main) == 32 and len(bench.variant_runs()) == 18
     for task in bench.TASKS:
         seeds = {a: sorted(r.seed for r in main if r.task == task and r.algorithm == a) for a in bench.MAIN_SEEDS}
         assert seeds == {"opo": [0, 1, 2, 3, 4], "grpo": [0, 1, 2, 3, 4], "dapo": [0, 1, 2], "gspo": [0, 1, 2]}
