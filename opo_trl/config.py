@@ -183,7 +183,8 @@ class OPOConfig(GRPOConfig):
             "help": "The rollout policy's log-probability in the escort weight: 'none' (pi_k uniform over the group), "
             "'sum' (the paper: log pi_k(y) summed over tokens) or 'mean' (its per-token mean); centred per group. "
             "With 'sum' or 'mean', groups whose rewards all tie still get a drive (towards completions pi_k found "
-            "unlikely); both collapsed in the project's benchmark (docs/RESULTS.md 1.8).",
+            "unlikely); both collapsed in the project's benchmark on chain_sum (held-out accuracy 0.00-0.01 against "
+            "0.34 for 'none').",
             "choices": list(ESCORT_REFERENCES),
         },
     )
@@ -258,8 +259,9 @@ class OPOConfig(GRPOConfig):
     )
 
     def __post_init__(self):
-        _check_opo_fields(self)
+        # GRPOConfig first: it normalises `scale_rewards` and checks `num_generations`, so OPO's checks see final values.
         super().__post_init__()
+        _check_opo_fields(self)
         self.ignored_grpo_options = _report_ignored_grpo_fields(self)
 
 
@@ -318,11 +320,8 @@ def _check_opo_fields(args: "OPOConfig") -> None:
     ):
         fail("direction_scale", "None or a finite float > 0")
     _check_escort_form_fields(args)
-    scale = {True: "group", False: "none"}.get(args.scale_rewards, args.scale_rewards)
-    if scale not in SCALE_REWARDS:
+    if args.scale_rewards not in SCALE_REWARDS:
         fail("scale_rewards", f"one of {list(SCALE_REWARDS)}")
-    if args.num_generations is not None and args.num_generations < 2:
-        fail("num_generations", "an int >= 2 (the escort drive is centred within each group of completions)")
     defaults = _grpo_defaults()
     for name, why in REJECTED_GRPO_FIELDS:
         if getattr(args, name) != defaults[name]:

@@ -296,16 +296,7 @@ class OPOTrainer(GRPOTrainer):
             completion_ids.size(1),
             compute_entropy=True,
             compute_aux_loss=self.aux_loss_enabled,
-            pixel_values=inputs.get("pixel_values"),
-            image_grid_thw=inputs.get("image_grid_thw"),
-            num_images=inputs.get("num_images"),
-            pixel_attention_mask=inputs.get("pixel_attention_mask"),
-            spatial_shapes=inputs.get("spatial_shapes"),
-            num_tiles=inputs.get("num_tiles"),
-            image_sizes=inputs.get("image_sizes"),
-            token_type_ids=inputs.get("token_type_ids"),
-            mm_token_type_ids=inputs.get("mm_token_type_ids"),
-            image_position_ids=inputs.get("image_position_ids"),
+            **{key: inputs.get(key) for key in MULTIMODAL_KEYS},
         )
         # Without a reused rollout TRL skips the old log-probs: pi_k = pi_theta, so Delta = 0 but carries the gradient.
         old_per_token_logps = inputs.get("old_per_token_logps")
@@ -315,8 +306,8 @@ class OPOTrainer(GRPOTrainer):
         importance_weight = None
         if self.use_vllm and self.vllm_importance_sampling_correction:
             importance_weight = sequence_importance_weight(inputs["importance_sampling_ratio"], mask)
-        # The rollout's mu (chosen per rollout with mu_target_chi2); a hand-built batch gets the configured one.
-        mu = inputs.get("opo_mu", self.args.mu)
+        # One mu per sequence, set at generation (fixed, or chosen per rollout with mu_target_chi2).
+        mu = inputs["opo_mu"]
         out = opo_sequence_loss(
             per_token_logps,
             old_per_token_logps,
@@ -363,7 +354,6 @@ class OPOTrainer(GRPOTrainer):
             metrics["kl"].append(global_masked_mean(out.kl))
         # One value per sequence from every process: these are what the paper's claims are about.
         drive = inputs["advantages"]
-        mu = mu if isinstance(mu, torch.Tensor) else torch.full_like(drive, mu)
         rows = inputs.get("opo_row", torch.full_like(drive, -1))
         per_sequence = torch.stack([out.delta.detach(), drive.detach(), mu.to(drive.dtype), rows.to(drive.dtype)], 1)
         delta, drive, mu, rows = self.accelerator.gather(per_sequence).unbind(1)

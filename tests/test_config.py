@@ -33,13 +33,20 @@ def test_paper_defaults(tmp_path):
         ("mu_target_chi2", float("inf"), "finite"),
         ("mu_min", -1.0, "> 0"),
         ("scale_rewards", "std", "group"),
-        ("num_generations", 1, ">= 2"),
     ],
 )
 def test_invalid_values_name_field_value_and_range(tmp_path, field, value, allowed):
     with pytest.raises(ValueError, match=rf"{field}={value!r}.*{allowed}" if isinstance(value, str) else field) as err:
         make(tmp_path, **{field: value})
     assert allowed.replace("\\", "") in str(err.value)
+
+
+def test_grpo_configs_own_checks_run_before_opos(tmp_path):
+    # One group of one completion has no centred drive: GRPOConfig's own check says so, and `scale_rewards=True` from
+    # an old GRPO recipe is normalised by GRPOConfig before OPO validates it.
+    with pytest.raises(ValueError, match="at least 2 generations per prompt"):
+        make(tmp_path, num_generations=1)
+    assert make(tmp_path, scale_rewards=True).scale_rewards == "group"
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ from opo_trl.core import (
     escort_statistics,
     group_advantages,
     opo_loss,
+    opo_sequence_loss,
+    per_token_kl,
     ratio_statistics,
     sequence_log_prob,
     sequence_log_ratio,
@@ -263,6 +265,36 @@ def test_escort_reference_by_hand_with_a_missing_reward():
     assert plain[0] == plain[1]
 
 
+def test_tied_group_under_the_reference_is_driven_towards_unlikely_completions_by_hand():
+    # The collapse mechanism of the full escort: every reward 1, so A = 0, yet c = l - mean(l) drives the group.
+    log_pi = [-10.0, -12.0, -11.0, -13.0]
+    alpha = 0.4
+    escort = escort_drive(group_advantages(torch.ones(4), 4), 4, alpha, log_reference=torch.tensor(log_pi))
+    mean_l = sum(log_pi) / 4
+    w = [math.exp(-(1 - alpha) * (l - mean_l)) for l in log_pi]
+    g = [wi - sum(w) / 4 for wi in w]
+    torch.testing.assert_close(escort.drive, torch.tensor(g))
+    assert escort.drive[3] > 0 > escort.drive[0]  # the least likely completion (-13) gains, the likeliest loses
+    assert torch.equal(escort_drive(group_advantages(torch.ones(4), 4), 4, alpha).drive, torch.zeros(4))
+
+
+def test_kl_term_value_and_sign_by_hand():
+    # k3 = exp(ref - logp) - (ref - logp) - 1 >= 0, times the token ratio exp(logp - old); it is ADDED to the loss.
+    logp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.5, -1.0]])
+    old = torch.tensor([[-1.2, -2.0]])
+    k3 = [math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1]
+    ratio = [math.exp(0.2), 1.0]
+    torch.testing.assert_close(per_token_kl(logp, ref), torch.tensor([k3]))
+    torch.testing.assert_close(per_token_kl(logp, ref, old), torch.tensor([[k3[0] * ratio[0], k3[1] * ratio[1]]]))
+    mask = torch.ones_like(logp)
+    beta, g = 0.25, torch.tensor([0.3])
+    without = opo_sequence_loss(logp, old, mask, g, torch.ones(1)).loss
+    with_kl = opo_sequence_loss(logp, old, mask, g, torch.ones(1), ref_per_token_logps=ref, beta=beta).loss
+    expected = beta * (k3[0] * ratio[0] + k3[1] * ratio[1]) / 2
+    assert (with_kl - without).item() == pytest.approx(expected, rel=1e-6) and expected > 0
+
+
 @pytest.mark.parametrize("aggregation", ["sum", "mean"])
 def test_sequence_log_prob_by_hand(aggregation):
     logps = torch.tensor([[-1.0, -2.0, float("nan")], [-0.5, -0.5, -0.5], [-3.0, -3.0, -3.0]])
@@ -344,9 +376,9 @@ def test_equilibrium_gap_uses_the_ratio_field_of_the_loss():
 def test_half_range_of_the_drive_per_group():
     escort = escort_drive(torch.tensor([0.5, -0.5, 0.0, 0.0, 1.0, 0.0, 0.0, -1.0]), 4, alpha=0.0)
     stats = escort_statistics(escort, 4, mu=1.0)
-    g = escort.drive.view(2, 4)
-    expected = ((g[0].max() - g[0].min()) / 2 + (g[1].max() - g[1].min()) / 2) / 2
-    assert stats["drive/half_range"] == pytest.approx(expected.item())
+    # alpha = 0: w = exp(A), and the range of g = w - mean(w) is the range of w: (e^0.5 - e^-0.5) and (e - 1/e).
+    expected = ((math.exp(0.5) - math.exp(-0.5)) / 2 + (math.e - 1 / math.e) / 2) / 2
+    assert stats["drive/half_range"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_entropy_bonus_is_the_masked_mean_token_entropy():

@@ -54,6 +54,7 @@ def test_loss_on_hand_built_batch_equals_formula(tmp_path, tiny_model_path, prom
         "completion_ids": completion_ids,
         "completion_mask": mask,
         "advantages": drive,
+        "opo_mu": torch.full((4,), mu),
         "old_per_token_logps": old,
         "ref_per_token_logps": ref,
     }
@@ -232,6 +233,54 @@ def test_same_script_runs_with_grpo_and_opo_classes(tmp_path, tiny_model_path, p
     assert "opo/drive/abs_mean" in logged(opo) and "opo/drive/abs_mean" not in logged(grpo)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["opo", "grpo"])
+def test_gradient_accumulation_gives_the_gradient_of_one_big_batch(
+    tmp_path, tiny_model_path, prompt_dataset, algorithm
+):
+    """One rollout of 6 completions: 2 micro-batches of 3 accumulated must make the same update as 1 micro-batch of 6."""
+    from opo_trl.algorithms import ALGORITHMS
+
+    spec = ALGORITHMS[algorithm]
+
+    def one_step(out, batch, accumulation):
+        kwargs = cpu_config_kwargs(
+            tmp_path / out,
+            max_steps=1,
+            num_generations=6,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_completion_length=6,
+            learning_rate=1e-3,
+            **spec.settings,
+        )
+        trainer = spec.trainer_cls(
+            model=tiny_model_path,
+            reward_funcs=distinct_chars_reward,
+            args=spec.config_cls(**kwargs),
+            train_dataset=prompt_dataset,
+        )
+        seen = []
+        generate = trainer._generate_and_score_completions
+
+        def record(inputs):
+            output = generate(inputs)
+            seen.append(output["completion_ids"].clone())
+            return output
+
+        trainer._generate_and_score_completions = record
+        before = snapshot(trainer.model)
+        trainer.train()
+        return seen, before, snapshot(trainer.model)
+
+    big_rollout, start, big = one_step("big", 6, 1)
+    small_rollout, _, small = one_step("small", 3, 2)
+    assert len(big_rollout) == len(small_rollout) == 1 and torch.equal(big_rollout[0], small_rollout[0])
+    assert max((big[k] - start[k]).abs().max().item() for k in big) > 1e-5  # the step did something
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_grpo_config_is_refused_with_a_clear_message(tmp_path, tiny_model_path, prompt_dataset):
     args = GRPOConfig(**cpu_config_kwargs(tmp_path))
     with pytest.raises(TypeError, match="replace `GRPOConfig"):
@@ -293,10 +342,14 @@ def test_training_order_depends_on_the_seed_only(tmp_path, tiny_model_path):
 
 
 def input_keys(method):
-    """The keys a `_compute_loss` reads from its `inputs`, from its source."""
+    """The keys a `_compute_loss` reads from its `inputs`, from its source (`MULTIMODAL_KEYS` stands for its keys)."""
     import re
 
-    return set(re.findall(r"""inputs(?:\[|\.get\()["'](\w+)["']""", inspect.getsource(method)))
+    from opo_trl.trainer import MULTIMODAL_KEYS
+
+    source = inspect.getsource(method)
+    keys = set(re.findall(r"""inputs(?:\[|\.get\()["'](\w+)["']""", source))
+    return keys | set(MULTIMODAL_KEYS) if "in MULTIMODAL_KEYS" in source else keys
 
 
 # Keys GRPOTrainer's loss reads that OPO's does not, each with the reason.
@@ -417,6 +470,7 @@ def hand_batch(model, drive, mask, seed=0):
         "completion_ids": completion_ids,
         "completion_mask": mask,
         "advantages": drive,
+        "opo_mu": torch.ones_like(drive),
         # Off-policy old log-probs, so that Delta != 0 where there are tokens.
         "old_per_token_logps": -5.0 + 0.3 * torch.randn(mask.shape),
         "ref_per_token_logps": torch.full(mask.shape, -5.0),
@@ -466,6 +520,8 @@ def test_all_completions_truncated(tmp_path, tiny_model_path, prompt_dataset, ma
     assert_finite_run(trainer, 2)
     clipped = [e["completions/clipped_ratio"] for e in trainer.state.log_history if "completions/clipped_ratio" in e]
     assert clipped and min(clipped) > 0.5  # the setting does what it says: (nearly) everything is cut at 2 tokens
+    # One optimizer step per rollout: Delta = 0 on every completion, masked or not, so every step's loss is exactly 0.
+    assert [e["loss"] for e in trainer.state.log_history if "loss" in e] == [0.0, 0.0]
 
 
 # -- the full alpha-escort, mu from a chi-square budget, the entropy bonus -----------------------------------------
@@ -506,15 +562,16 @@ def test_mu_is_chosen_per_rollout_to_spend_the_budget(tmp_path, tiny_model_path,
     drive = output["advantages"]
     assert ((drive / mu) ** 2).mean().item() == pytest.approx(0.01, rel=1e-4)
 
-    # The loss uses the rollout's mu: its curvature in Delta is mu, per sequence.
-    fixed = make_trainer(tmp_path / "fixed", tiny_model_path, prompt_dataset, mu=mu[0].item())
-    inputs = {**output, "old_per_token_logps": output.get("old_per_token_logps")}
-    inputs["old_per_token_logps"] = hand_logps(trainer.model, output["prompt_ids"], output["completion_ids"]).detach()
-    inputs["old_per_token_logps"] = inputs["old_per_token_logps"] + 0.05  # off-policy, so the quadratic acts
-    fixed.current_gradient_accumulation_steps = trainer.current_gradient_accumulation_steps = 1
+    # The loss uses the rollout's mu: -g Delta + (mu / 2) Delta^2 with that mu, per sequence.
+    logps = hand_logps(trainer.model, output["prompt_ids"], output["completion_ids"]).detach()
+    inputs = {**output, "old_per_token_logps": logps + 0.05}  # off-policy, so the quadratic acts
+    trainer.current_gradient_accumulation_steps = 1
     chosen_loss = trainer._compute_loss(trainer.model, inputs)
-    fixed_loss = fixed._compute_loss(fixed.model, {k: v for k, v in inputs.items() if k != "opo_mu"})
-    torch.testing.assert_close(chosen_loss, fixed_loss)
+    mask = output["completion_mask"].float()
+    delta = ((logps - inputs["old_per_token_logps"]) * mask).sum(-1) / mask.sum(-1)
+    hand = (-drive * delta + mu[0] / 2 * delta**2).mean()
+    assert mu[0].item() != pytest.approx(1.0, abs=0.05)  # not the configured default
+    torch.testing.assert_close(chosen_loss, hand, rtol=1e-4, atol=1e-6)
 
 
 def test_static_entropy_bonus_is_subtracted_beside_the_policy_term(tmp_path, tiny_model_path, prompt_dataset):
@@ -526,7 +583,8 @@ def test_static_entropy_bonus_is_subtracted_beside_the_policy_term(tmp_path, tin
     prompt_ids, completion_ids = torch.randint(6, vocab, (4, 3)), torch.randint(6, vocab, (4, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
     inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
-              "completion_mask": mask, "advantages": torch.tensor([0.3, -0.1, -0.5, 0.3])}  # fmt: skip
+              "completion_mask": mask, "advantages": torch.tensor([0.3, -0.1, -0.5, 0.3]),
+              "opo_mu": torch.full((4,), 2.0)}  # fmt: skip
     for trainer in (plain, bonus):
         trainer.model.train()
         trainer.current_gradient_accumulation_steps = accumulation
