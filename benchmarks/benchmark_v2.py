@@ -219,7 +219,7 @@ def _commit(run: Run) -> None:
     rel = run.docs_dir.relative_to(top)
     for _ in range(10):  # another commit may hold the index lock for a moment
         added = subprocess.run(["git", "add", str(rel)], cwd=top, capture_output=True)
-        done = subprocess.run(["git", "commit", "-q", "-m", f"benchmark v2: {run.phase}/{run.task}/{run.key}",
+        done = subprocess.run(["git", "commit", "-q", "-m", f"{DOCS.name.replace('_', ' ')}: {run.phase}/{run.task}/{run.key}",
                                "--", str(rel)], cwd=top, capture_output=True)  # fmt: skip
         if added.returncode == 0 and done.returncode == 0:
             return

@@ -214,3 +214,44 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
     # Entropy: 0.6 at step 1; the last quarter is steps 7-8, mean 1.25. Length: 11 at the first rollout, 17 over the
     # last quarter of the logged rollouts (step 7). Grad norms 1..8 and 2..9: median 5.
     assert cells == ["opo-x", "2", "0.250, 0.250", "4 of 8", "1.5", "0.60 -> 1.25", "11.00 -> 17.00", "5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("algorithm", ["opo", "grpo"])
+def test_benchmark_v3_rollout_serves_k_optimizer_steps(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
+    from opo_trl.algorithms import ALGORITHMS
+
+    from .conftest import cpu_config_kwargs, distinct_chars_reward
+
+    bench = load_script("benchmark_v3")
+    settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of 32
+    settings.pop("heldout_eval_steps")  # a script argument, not a trainer one
+    spec = ALGORITHMS[algorithm]
+    args = spec.config_cls(**cpu_config_kwargs(tmp_path, **{**spec.settings, **settings}))
+    trainer = spec.trainer_cls(
+        model=tiny_model_path, reward_funcs=distinct_chars_reward, args=args, train_dataset=prompt_dataset
+    )
+    generated = []
+    generate = trainer._generate_and_score_completions
+    trainer._generate_and_score_completions = lambda inputs: generated.append(len(inputs)) or generate(inputs)
+    trainer.train()
+
+    # 2 rollouts of 2 prompts x 6 completions, each used for k optimizer steps on the whole rollout.
+    assert generated == [12, 12] and trainer.state.global_step == 2 * k
+    steps = [e for e in trainer.state.log_history if "grad_norm" in e]
+    assert len(steps) == 2 * k
+    if algorithm == "opo":
+        assert all("opo/delta/abs_max" in e and "opo/equilibrium_gap" in e for e in steps)
+        assert sum("opo/mu" in e for e in steps) == 2  # once per rollout
+        reused = [e["opo/delta/abs_max"] for i, e in enumerate(steps) if i % k]
+        assert all(d > 0 for d in reused) and len(reused) == 2 * (k - 1)  # later steps see Delta != 0
+    else:
+        assert all("clip_ratio/region_mean" in e for e in steps)
+
+
+def test_benchmark_v3_truncated_fraction_per_budget_by_hand():
+    bench = load_script("benchmark_v3")
+    # Ended after 10 and 40 tokens, never ended in 64, ended exactly at token 64.
+    fractions = bench.truncated_fractions([10, 40, 64, 64], [True, True, False, True])
+    assert fractions == {32: 3 / 4, 48: 2 / 4, 64: 1 / 4}

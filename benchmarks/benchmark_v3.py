@@ -1,0 +1,148 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+"""
+Benchmark v3: rollout reuse. Every run generates the same number of rollouts; what varies is K, the optimizer steps
+each rollout serves. OPO's quadratic trust region should let it take more steps per generated token than ratio
+clipping allows GRPO and GSPO. Phases, in order:
+
+    python benchmarks/benchmark_v3.py budget            # truncated fraction of the untrained model at 32/48/64 tokens
+    python benchmarks/benchmark_v3.py runs [--jobs 2]   # every algorithm x K x seed, resumable, raw files committed
+
+It reuses benchmark v2's machinery (a run is `python -m opo_trl.run` in its own process; raw files are copied to
+`docs/benchmark_v3/runs/` and committed as each run finishes; a finished run is never run again).
+
+How a rollout serves K steps: `num_iterations = K` with `steps_per_generation = 1` and one rollout of
+`PROMPTS_PER_ROLLOUT x G` completions per micro-batch, so each of the K optimizer steps sees the whole rollout (TRL's
+`_prepare_inputs` regenerates every `steps_per_generation * num_iterations` steps and returns the buffered rollout in
+between), and `max_steps = ROLLOUTS * K` keeps the number of generated completions fixed.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchmark_v2 as v2  # noqa: E402
+
+
+REPO = v2.REPO
+DOCS = REPO / "docs" / "benchmark_v3"
+TASK = "chain_sum"
+LEARNING_RATE = 1e-5  # v2's tuned rate, the same for every algorithm: robustness to reuse at a fixed rate
+K_VALUES = (1, 2, 4, 8)
+ROLLOUTS = 32
+PROMPTS_PER_ROLLOUT = 2
+G = 6
+SEEDS = (0, 1, 2)
+BUDGETS = (32, 48, 64)
+# name -> (algorithm, OPO overrides); the second OPO is the escort family's peak-seeking temperature.
+ALGORITHMS = {
+    "opo": ("opo", {}),
+    "opo-temp0.3": ("opo", {"escort_temperature": 0.3}),
+    "grpo": ("grpo", {}),
+    "gspo": ("gspo", {}),
+}
+# Extra cells at the largest K: how much the stiffness matters when a rollout is reused most.
+EXTRA_AT_LARGEST_K = {"opo-mu4": ("opo", {"mu": 4.0})}
+
+
+def reuse_overrides(k: int, max_completion_length: int) -> dict:
+    """The settings that make each rollout serve `k` optimizer steps at a fixed number of rollouts."""
+    return {
+        "num_iterations": k,
+        "steps_per_generation": 1,
+        "gradient_accumulation_steps": 1,
+        "per_device_train_batch_size": PROMPTS_PER_ROLLOUT * G,
+        "num_generations": G,
+        "max_steps": ROLLOUTS * k,
+        "max_completion_length": max_completion_length,
+        "heldout_eval_steps": 0,  # no interim evaluations: at K = 8 there would be one every 16 of 256 steps
+    }
+
+
+def runs(max_completion_length: int) -> list[v2.Run]:
+    cells = [(name, spec, k) for k in K_VALUES for name, spec in ALGORITHMS.items()]
+    cells += [(name, spec, max(K_VALUES)) for name, spec in EXTRA_AT_LARGEST_K.items()]
+    return [
+        v2.Run(
+            "reuse",
+            TASK,
+            f"{name}-K{k}",
+            algorithm,
+            seed,
+            LEARNING_RATE,
+            {**overrides, **reuse_overrides(k, max_completion_length)},
+        )
+        for seed in SEEDS
+        for name, (algorithm, overrides), k in cells
+    ]
+
+
+def truncated_fractions(completion_lengths: list[int], ended: list[bool], budgets=BUDGETS) -> dict[int, float]:
+    """
+    Fraction of completions cut at each budget B, from completions sampled at the largest budget: a completion is cut
+    at B when it has not ended (no EOS) within its first B tokens. Sampling token by token with the same seed, the first
+    B tokens do not depend on the maximum length, so one generation measures every budget.
+    """
+    return {
+        b: sum(1 for n, e in zip(completion_lengths, ended, strict=True) if not (e and n <= b)) / len(ended)
+        for b in budgets
+    }
+
+
+def measure_budget(num_problems: int = 64, seed: int = 0) -> dict:
+    """Sample one completion per test problem from the untrained model at the largest budget; fractions cut per budget."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from opo_trl.arguments import parse_command
+    from opo_trl.evaluation import _encode
+    from opo_trl.models import resolve_model
+    from opo_trl.run import load_datasets
+
+    parsed = parse_command(["--config", str(v2.recipe(TASK)), "--output_dir", str(REPO / "runs" / "budget")])
+    _, heldout = load_datasets(parsed.script_args, parsed.dataset_args, seed)
+    problems = heldout["test"].select(range(num_problems))
+    path = resolve_model(parsed.model_args.model_name_or_path)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    lengths, ended = [], []
+    for start in range(0, num_problems, 16):
+        encoded, _ = _encode(tokenizer, problems[start : start + 16]["prompt"], model.device)
+        with torch.no_grad():
+            out = model.generate(**encoded, max_new_tokens=max(BUDGETS), do_sample=True, top_k=0, top_p=1.0,
+                                 temperature=parsed.training_args.temperature, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+        for row in out[:, encoded["input_ids"].size(1) :].tolist():
+            eos = [i for i, t in enumerate(row) if t == tokenizer.eos_token_id]
+            lengths.append(eos[0] + 1 if eos else len(row))
+            ended.append(bool(eos))
+    fractions = truncated_fractions(lengths, ended)
+    chosen = next((b for b in BUDGETS if fractions[b] < 0.2), max(BUDGETS))
+    return {"problems": num_problems, "truncated": fractions, "chosen_max_completion_length": chosen}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("phase", choices=["budget", "runs"])
+    parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (each gets cores / jobs threads).")
+    parser.add_argument("--work_dir", default=str(REPO / "runs" / "benchmark_v3"), help="Where runs write.")
+    parser.add_argument("--commit", action="store_true", help="Commit each finished run's raw files.")
+    args = parser.parse_args(argv)
+    v2.DOCS = DOCS  # v2's runs copy their raw files under DOCS/runs
+    if args.phase == "budget":
+        figures = measure_budget()
+        DOCS.mkdir(parents=True, exist_ok=True)
+        (DOCS / "budget.json").write_text(json.dumps(figures, indent=2) + "\n")
+        print(json.dumps(figures, indent=2))
+    else:
+        budget = DOCS / "budget.json"
+        if not budget.exists():
+            raise SystemExit(f"no {budget}: run `benchmark_v3.py budget` first")
+        length = json.loads(budget.read_text())["chosen_max_completion_length"]
+        v2.run_phase(runs(length), args.jobs, Path(args.work_dir), args.commit)
+
+
+if __name__ == "__main__":
+    main()
