@@ -192,16 +192,26 @@ def shared_steps(runs: list[RunRecord], key: str) -> list[int]:
     return sorted(set.intersection(*(set(r.logged(key)) for r in runs))) if runs else []
 
 
+# Fewest steps in the late window: a "late" figure of one or two steps is one rollout's luck.
+LATE_MIN_STEPS = 4
+
+
 def late_steps(steps: list[int]) -> list[int]:
-    """The last quarter of `steps` (at least one): where the paper reads its final training reward."""
-    return steps[-max(1, len(steps) // 4) :]
+    """
+    The last quarter of `steps`, where the paper reads its final training reward; empty when that quarter has fewer
+    than `LATE_MIN_STEPS` steps (fewer than 16 logged).
+    """
+    quarter = len(steps) // 4
+    return steps[-quarter:] if quarter >= LATE_MIN_STEPS else []
 
 
-def _paired(a, b, **kwargs) -> dict | None:
+def _paired(a, b, score: bool = True, **kwargs) -> dict | None:
+    """The paired difference as a summary cell; `score=False` for figures that are not scores (neutral words)."""
     if a is None or b is None or a.shape != b.shape:
         return None
     estimate = stats.paired_difference(a, b, **kwargs)
-    return vars(estimate) | {"str": str(estimate), "verdict": estimate.verdict}
+    verdict = estimate.verdict if score else estimate.direction
+    return vars(estimate) | {"str": str(estimate), "verdict": verdict}
 
 
 def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo") -> dict:
@@ -257,8 +267,9 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
             late = late_steps(rewarded)
             entry["reward_late"] = _paired(*(step_matrix(g, seeds, "reward", late) for g in (ours, theirs)))
             entry["reward_late_steps"] = [late[0], late[-1]] if late else None
+            entry["reward_steps"] = len(rewarded)
             entry["grad_norm_median"] = _paired(
-                *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), statistic="median"
+                *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), score=False, statistic="median"
             )
             interim_steps = sorted({h["step"] for r in ours + theirs for h in r.heldout if not h.get("fingerprint")})
             entry["interim"] = {
@@ -317,7 +328,9 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
         lines += [
             "",
             f"Δ = {reference} minus the baseline on the same seeds and problems. A verdict says 'ahead' or 'behind' "
-            "only when the interval excludes 0.",
+            f"only when the interval excludes 0, and only with at least {stats.MIN_SEEDS} common seeds: with fewer, "
+            "the interval misses most of the spread between seeds and is labelled with what it covers ('problems "
+            "only' for one seed).",
         ]
         interim_steps = sorted({int(t) for p in summary["paired"] for t in p.get("interim", {})})
         lines += [
@@ -329,19 +342,24 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
         for p in summary["paired"]:
             late = p.get("reward_late_steps")
             interim = {int(t): v for t, v in p.get("interim", {}).items()}
+            if late:
+                late_cell = f"{_verdict(p.get('reward_late'))} (steps {late[0]}-{late[1]})"
+            elif p.get("reward_steps"):
+                late_cell = f"too few steps ({p['reward_steps']} logged; the last quarter needs {LATE_MIN_STEPS})"
+            else:
+                late_cell = "n/a"
             lines.append(
-                f"| {p['baseline']} | {_verdict(p.get('reward_late'))}"
-                + (f" (steps {late[0]}-{late[1]})" if late else "")
-                + f" | {_verdict(p.get('grad_norm_median'))} | "
+                f"| {p['baseline']} | {late_cell} | {_verdict(p.get('grad_norm_median'))} | "
                 + "".join(f"{_verdict(interim.get(t))} | " for t in interim_steps)
             )
         lines += [
             "",
             "Paired over training steps: on the same seed every algorithm trains on the same prompts in the same order, "
             "so the training reward and the gradient norm of a step pair across algorithms (the bootstrap resamples "
-            "seeds and steps). Late steps: the last quarter of the logged steps. The gradient norm (before clipping) "
-            "compares medians, since single steps reach 10x the median; each loss has its own scale, so a larger norm "
-            "is not by itself a better update. Interim held-out: the first problems of the held-out set, one sample "
+            "seeds and steps). Late steps: the last quarter of the logged steps, at least "
+            f"{LATE_MIN_STEPS}. The gradient norm (before clipping) compares medians, since single steps reach 10x the "
+            "median; each loss has its own scale, so a larger norm is not by itself a better update: it is 'higher' "
+            "or 'lower', never 'ahead' or 'behind'. Interim held-out: the first problems of the held-out set, one sample "
             "each, during training.",
         ]
     return "\n".join(lines) + "\n"
