@@ -8,13 +8,17 @@
 Every run is the training job of `opo-trl train --config <recipe> --algorithm <a> --seed <s>` in its own process (so
 peak memory is the run's own), with the same task, model, generation budget and step count; only the algorithm (and,
 if given, its learning rate) differs. Finished runs (a `summary.json` in their folder) are kept, so an interrupted
-comparison resumes where it stopped. The runs of one seed share the evaluation of the initial model. Then writes:
+comparison resumes where it stopped. The runs of one seed share the evaluation of the initial model. Every run's
+`summary.json` records its answer checker (`opo_trl.rewards.answer_checker`: math-verify and its version): runs
+scored by different checkers are never compared, and a comparison whose finished runs were scored otherwise than this
+install scores refuses to start. Then writes:
 
 - `steps.csv`: one row per (algorithm, seed, step) with training reward, held-out accuracy, grad norm, entropy,
   completion length, the baselines' handicaps and the `opo/` diagnostics;
-- `summary.md` / `summary.json`: held-out accuracy after training with 95% bootstrap intervals over problems and
-  seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), the same pairing over
-  training steps (late training reward, median gradient norm) and interim evaluations, and the other figures;
+- `summary.md` / `summary.json`: the answer checker, held-out accuracy after training with 95% bootstrap intervals
+  over problems and seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), the same
+  pairing over training steps (late training reward, median gradient norm) and interim evaluations, and the other
+  figures;
 - `curves.png`: held-out accuracy, training reward, gradient norm, entropy, completion length and OPO's chi-square,
   equilibrium gap and mu over the steps, with bands over seeds (see `opo_trl.plots`).
 """
@@ -50,6 +54,10 @@ STEP_COLUMNS = {
 }
 
 
+# The answer checker of run files written before it was recorded: pairs only with other such runs.
+UNKNOWN_CHECKER = "unknown"
+
+
 @dataclass
 class RunRecord:
     """One finished run: its summary, its logged steps and its held-out evaluations."""
@@ -73,6 +81,10 @@ class RunRecord:
         if greedy:
             return None if record["greedy"] is None else np.asarray(record["greedy"], dtype=np.float64)
         return np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
+
+    @property
+    def answer_checker(self) -> str:
+        return self.summary.get("answer_checker", UNKNOWN_CHECKER)
 
     def values(self, key: str) -> list[float]:
         return [e[key] for e in self.steps if e.get(key) is not None]
@@ -128,6 +140,18 @@ def run_comparison(
     output_dir.mkdir(parents=True, exist_ok=True)
     learning_rates = learning_rates or {}
     pairs = [(seed, algorithm) for seed in seeds for algorithm in algorithms]
+    # Before any training: the runs still to do will be scored by this install's checker.
+    checkers = {}
+    for seed, algorithm in pairs:
+        path = output_dir / f"{algorithm}-seed{seed}" / "summary.json"
+        if path.exists():
+            checker = json.loads(path.read_text()).get("answer_checker", UNKNOWN_CHECKER)
+            checkers.setdefault(checker, []).append(f"{algorithm}-seed{seed}")
+        else:
+            from .rewards import answer_checker
+
+            checkers.setdefault(answer_checker(), []).append(f"{algorithm}-seed{seed} (to run)")
+    common_answer_checker(checkers)
     for seed, algorithm in tqdm(pairs, desc="comparison runs"):
         run_dir = output_dir / f"{algorithm}-seed{seed}"
         if (run_dir / "summary.json").exists():
@@ -153,6 +177,20 @@ def run_comparison(
         if (output_dir / f"{a}-seed{s}" / "summary.json").exists()
     ]
     return write_report(runs, output_dir, last_k=last_k)
+
+
+def common_answer_checker(checkers: dict[str, list[str]]) -> str | None:
+    """
+    The one answer checker of `{checker: [run names]}`; a one-line ValueError if there are several, since runs
+    scored by different checkers (say, with and without math-verify) give accuracies that are not comparable.
+    """
+    if len(checkers) > 1:
+        listed = "; ".join(f"{', '.join(names)} by {checker!r}" for checker, names in checkers.items())
+        raise ValueError(
+            f"runs scored by different answer checkers cannot be compared: {listed}. Rerun one side in the other's "
+            "environment (or move its runs out of the output folder)."
+        )
+    return next(iter(checkers), None)
 
 
 def _run_evaluated_before(output_dir, algorithms, seed):
@@ -216,6 +254,10 @@ def _paired(a, b, score: bool = True, **kwargs) -> dict | None:
 
 def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo") -> dict:
     """Per algorithm: accuracies with intervals and the other figures; per baseline: the paired difference to OPO."""
+    checkers = {}
+    for r in runs:
+        checkers.setdefault(r.answer_checker, []).append(f"{r.name}-seed{r.seed}")
+    checker = common_answer_checker(checkers)
     names = list(dict.fromkeys(r.name for r in runs))
     by_name = {n: sorted((r for r in runs if r.name == n), key=lambda r: r.seed) for n in names}
     rows = []
@@ -277,7 +319,7 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
                 for step in interim_steps
             }
             paired.append(entry)
-    return {"algorithms": rows, "paired": paired, "reference": reference}  # fmt: skip
+    return {"algorithms": rows, "paired": paired, "reference": reference, "answer_checker": checker}  # fmt: skip
 
 
 def summary_markdown(summary: dict, last_k: int = 5) -> str:
@@ -311,6 +353,8 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
         "with signal: optimizer steps whose gradient was exactly 0 although some group of their rollout had unequal "
         "rewards (the loss cut the gradient off), out of the steps with such a group. Truncated: completions cut at the "
         "length limit (DAPO masks them out of its loss).",
+        "",
+        f"Answer checker of every run (how the `accuracy` reward compares answers): {_checker_text(summary)}.",
     ]
     if summary["paired"]:
         reference = summary["reference"]
@@ -363,6 +407,13 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
             "each, during training.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _checker_text(summary: dict) -> str:
+    checker = summary.get("answer_checker")
+    if checker == UNKNOWN_CHECKER:
+        return "unknown (the run files predate its record)"
+    return "n/a" if checker is None else checker
 
 
 def _verdict(cell) -> str:

@@ -8,6 +8,7 @@ import yaml
 
 from opo_trl.compare import load_run, run_comparison
 from opo_trl.compare import main as compare_main
+from opo_trl.rewards import answer_checker
 
 from .conftest import tiny_recipe
 
@@ -27,6 +28,8 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     algorithms, out = ["opo", "grpo", "dapo"], tmp_path / "cmp"
     summary = run_comparison(config, algorithms, [0, 1], out, in_process=True, learning_rates={"grpo": 2e-3}, last_k=2)
 
+    # reasoning-gym's verifiers score these runs, but every run records the install's answer checker all the same.
+    assert summary["answer_checker"] == answer_checker() == load_run(out / "opo-seed0").answer_checker
     rows = {r["algorithm"]: r for r in summary["algorithms"]}
     assert list(rows) == algorithms and rows["grpo"]["learning_rate"] == 2e-3 and rows["opo"]["learning_rate"] == 1e-3
     for row in rows.values():
@@ -155,6 +158,47 @@ def test_short_runs_and_single_seeds_get_no_verdict():
     assert paired["reward_late"]["low"] > 0 and paired["grad_norm_median"]["low"] > 0
     assert {c["verdict"] for c in cells} == {"no verdict: 1 seed"}
     assert all(c["str"].endswith("(problems only)") for c in cells)
+    # GRPO's rows: its figures, held-out differences (none here: no held-out evaluation), differences over steps.
     rows = [line for line in summary_markdown(summary).splitlines() if line.startswith("| grpo |")]
-    assert len(rows) == 2 and "no verdict: 1 seed" in rows[1]
+    assert len(rows) == 3 and rows[2].count("no verdict: 1 seed") == 4
     assert not any(word in row for row in rows for word in ("ahead", "behind", "higher", "lower"))
+
+
+def test_runs_scored_by_different_answer_checkers_are_not_compared(tmp_path, capsys):
+    from opo_trl.cli import main as cli_main
+    from opo_trl.compare import summary_markdown, summary_rows
+    from opo_trl.rewards import STRINGS_AND_NUMBERS, answer_checker
+
+    runs = _opo_and_grpo((0, 1, 2))
+    for r in runs:
+        r.summary["answer_checker"] = "math-verify 0.9.0"
+    summary = summary_rows(runs)
+    assert summary["answer_checker"] == "math-verify 0.9.0"
+    assert "Answer checker of every run (how the `accuracy` reward compares answers): math-verify 0.9.0." in (
+        summary_markdown(summary)
+    )
+    runs[1].summary["answer_checker"] = STRINGS_AND_NUMBERS  # GRPO's seed 0
+    with pytest.raises(ValueError, match="different answer checkers") as info:
+        summary_rows(runs)
+    assert f"grpo-seed0 by '{STRINGS_AND_NUMBERS}'" in str(info.value) and "\n" not in str(info.value)
+
+    # Run files from before the checker was recorded: "unknown", comparable only with each other.
+    old = _opo_and_grpo((0, 1, 2))
+    assert summary_rows(old)["answer_checker"] == "unknown"
+    old[0].summary["answer_checker"] = "math-verify 0.9.0"
+    with pytest.raises(ValueError, match="different answer checkers"):
+        summary_rows(old)
+
+    # `opo-trl compare` refuses in one line, before training, when a finished run was scored otherwise than this
+    # install scores (the recipe does not exist: had a run started, it would have failed differently).
+    out = tmp_path / "cmp"
+    (out / "opo-seed0").mkdir(parents=True)
+    (out / "opo-seed0" / "summary.json").write_text(
+        json.dumps({"algorithm": "opo", "seed": 0, "answer_checker": STRINGS_AND_NUMBERS})
+    )
+    argv = ["compare", "--config", str(tmp_path / "none.yaml"), "--algorithms", "opo", "grpo", "--seeds", "0",
+            "--output_dir", str(out)]  # fmt: skip
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"opo-seed0 by '{STRINGS_AND_NUMBERS}'" in error
+    assert f"grpo-seed0 (to run) by '{answer_checker()}'" in error and not (out / "grpo-seed0").exists()
