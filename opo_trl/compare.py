@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import stats
+from .rewards import answer_checker
 from .run import HELDOUT_FILE
 
 
@@ -148,8 +149,6 @@ def run_comparison(
             checker = json.loads(path.read_text()).get("answer_checker", UNKNOWN_CHECKER)
             checkers.setdefault(checker, []).append(f"{algorithm}-seed{seed}")
         else:
-            from .rewards import answer_checker
-
             checkers.setdefault(answer_checker(), []).append(f"{algorithm}-seed{seed} (to run)")
     common_answer_checker(checkers)
     for seed, algorithm in tqdm(pairs, desc="comparison runs"):
@@ -403,8 +402,9 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
             "seeds and steps). Late steps: the last quarter of the logged steps, at least "
             f"{LATE_MIN_STEPS}. The gradient norm (before clipping) compares medians, since single steps reach 10x the "
             "median; each loss has its own scale, so a larger norm is not by itself a better update: it is 'higher' "
-            "or 'lower', never 'ahead' or 'behind'. Interim held-out: the first problems of the held-out set, one sample "
-            "each, during training.",
+            f"or 'lower', never 'ahead' or 'behind'. With fewer than {stats.MIN_SEEDS} seeds, an interval here "
+            "labelled 'problems only' resamples the steps only. Interim held-out: the first problems of the held-out "
+            "set, one sample each, during training.",
         ]
     return "\n".join(lines) + "\n"
 

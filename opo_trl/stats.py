@@ -13,7 +13,7 @@ percentile of the replicate means; the two-sided p-value of a difference is twic
 far side of zero (at least 1 / (replicates + 1)).
 
 A verdict needs at least `MIN_SEEDS` seeds: with fewer, the bootstrap can only resample problems (one seed) or barely
-samples the seed-to-seed spread (two), which on the v2 benchmark was as large as the difference between algorithms;
+samples the seed-to-seed spread (two), which on the v2 benchmark was wider than most differences between algorithms;
 the interval is still given, labelled, and the verdict reads e.g. "no verdict: 1 seed". With enough seeds, a
 difference of scores (accuracy, reward) is "ahead" or "behind" when its interval excludes zero, and "not separated"
 otherwise; a difference of figures that are not scores (gradient norm, truncated or clipped fraction) is "higher",
@@ -26,7 +26,7 @@ import numpy as np
 
 
 REPLICATES = 10_000
-# Fewest seeds for a verdict: v2's per-seed held-out accuracy of one algorithm spread over 0.195-0.414 (5 seeds).
+# Fewest seeds for a verdict: seeds differ widely (OPO's held-out accuracy on v2's basic_arithmetic: 0.195-0.414).
 MIN_SEEDS = 3
 
 
@@ -51,7 +51,7 @@ class Estimate:
 
     @property
     def direction(self) -> str:
-        """For a difference of figures that are not scores: "higher", "lower", "not separated", or "no verdict"."""
+        """For a difference of figures that are not scores: "higher", "lower", "not separated", or "no verdict: ..."."""
         return self._words("higher", "lower")
 
     @property
