@@ -408,11 +408,17 @@ def paper_table(records) -> str:
         if not group:
             continue
         seeds = sorted(r.seed for r in group)
-        late = step_matrix(group, seeds, "reward", late_steps(shared_steps(group, "reward"))).mean(axis=1)
+        matrix = step_matrix(group, seeds, "reward", late_steps(shared_steps(group, "reward")))
+        per_seed = None if matrix is None else matrix.mean(axis=1)
+        late = (
+            "too few steps"
+            if per_seed is None
+            else f"{per_seed.mean():.3f} [{per_seed.min():.3f}, {per_seed.max():.3f}]"
+        )
         norms = [g for r in group for g in r.values("grad_norm")]
         q1, median, q3 = np.quantile(norms, [0.25, 0.5, 0.75])
         lines.append(
-            f"| {algorithm} | {reward} | {late.mean():.3f} [{late.min():.3f}, {late.max():.3f}] | {grad} | "
+            f"| {algorithm} | {reward} | {late} | {grad} | "
             f"{median:.3f} [{q1:.3f}, {q3:.3f}] | {accuracy} | {mean_ci(outcome_matrix(group, seeds))} |"
         )
     return "\n".join(lines) + "\n"
@@ -455,6 +461,8 @@ def _early_late(group, key: str) -> str:
     for r in group:
         logged = r.logged(key)
         steps = sorted(logged)
+        if not late_steps(steps):
+            return "too few steps"
         early.append(logged[steps[0]])
         late.append(statistics.fmean(logged[t] for t in late_steps(steps)))
     return f"{statistics.fmean(early):.2f} -> {statistics.fmean(late):.2f}"

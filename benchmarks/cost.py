@@ -154,6 +154,7 @@ def loss_inputs(trainer, args, variant: str) -> dict[str, torch.Tensor]:
         advantages = group_advantages(rewards, args.num_generations, "group")
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
             "completion_mask": completion_mask, "advantages": advantages,
+            "opo_mu": torch.ones_like(advantages),  # OPO's per-sequence mu (OPOConfig's default); GRPO ignores it
             "num_items_in_batch": completion_mask.sum()}  # fmt: skip
 
 

@@ -178,6 +178,8 @@ def probe(algorithm: str, model_path: str, workdir: str, batch, old_logps, rewar
     advantages = advantages_for(algorithm, rewards, num_generations, args.alpha)
     inputs = {**batch, "advantages": advantages, "old_per_token_logps": old_logps,
               "num_items_in_batch": mask.sum()}  # fmt: skip
+    if algorithm.startswith("opo"):
+        inputs["opo_mu"] = torch.full_like(advantages, trainer.args.mu)  # per sequence, as OPO's rollout sets it
 
     # Keep the current log-probs of the loss's own forward pass instead of paying for a second one.
     captured = {}

@@ -8,13 +8,17 @@
 Every run is the training job of `opo-trl train --config <recipe> --algorithm <a> --seed <s>` in its own process (so
 peak memory is the run's own), with the same task, model, generation budget and step count; only the algorithm (and,
 if given, its learning rate) differs. Finished runs (a `summary.json` in their folder) are kept, so an interrupted
-comparison resumes where it stopped. The runs of one seed share the evaluation of the initial model. Then writes:
+comparison resumes where it stopped. The runs of one seed share the evaluation of the initial model. Every run's
+`summary.json` records its answer checker (`opo_trl.rewards.answer_checker`: math-verify and its version): runs
+scored by different checkers are never compared, and a comparison whose finished runs were scored otherwise than this
+install scores refuses to start. Then writes:
 
 - `steps.csv`: one row per (algorithm, seed, step) with training reward, held-out accuracy, grad norm, entropy,
   completion length, the baselines' handicaps and the `opo/` diagnostics;
-- `summary.md` / `summary.json`: held-out accuracy after training with 95% bootstrap intervals over problems and
-  seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), the same pairing over
-  training steps (late training reward, median gradient norm) and interim evaluations, and the other figures;
+- `summary.md` / `summary.json`: the answer checker, held-out accuracy after training with 95% bootstrap intervals
+  over problems and seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), the same
+  pairing over training steps (late training reward, median gradient norm) and interim evaluations, and the other
+  figures;
 - `curves.png`: held-out accuracy, training reward, gradient norm, entropy, completion length and OPO's chi-square,
   equilibrium gap and mu over the steps, with bands over seeds (see `opo_trl.plots`).
 """
@@ -32,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import stats
+from .rewards import answer_checker
 from .run import HELDOUT_FILE
 
 
@@ -48,6 +53,10 @@ STEP_COLUMNS = {
     "clip_frac": "clip_ratio/region_mean",
     "step_time": "step_time",
 }
+
+
+# The answer checker of run files written before it was recorded: pairs only with other such runs.
+UNKNOWN_CHECKER = "unknown"
 
 
 @dataclass
@@ -73,6 +82,10 @@ class RunRecord:
         if greedy:
             return None if record["greedy"] is None else np.asarray(record["greedy"], dtype=np.float64)
         return np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
+
+    @property
+    def answer_checker(self) -> str:
+        return self.summary.get("answer_checker", UNKNOWN_CHECKER)
 
     def values(self, key: str) -> list[float]:
         return [e[key] for e in self.steps if e.get(key) is not None]
@@ -128,6 +141,16 @@ def run_comparison(
     output_dir.mkdir(parents=True, exist_ok=True)
     learning_rates = learning_rates or {}
     pairs = [(seed, algorithm) for seed in seeds for algorithm in algorithms]
+    # Before any training: the runs still to do will be scored by this install's checker.
+    checkers = {}
+    for seed, algorithm in pairs:
+        path = output_dir / f"{algorithm}-seed{seed}" / "summary.json"
+        if path.exists():
+            checker = json.loads(path.read_text()).get("answer_checker", UNKNOWN_CHECKER)
+            checkers.setdefault(checker, []).append(f"{algorithm}-seed{seed}")
+        else:
+            checkers.setdefault(answer_checker(), []).append(f"{algorithm}-seed{seed} (to run)")
+    common_answer_checker(checkers)
     for seed, algorithm in tqdm(pairs, desc="comparison runs"):
         run_dir = output_dir / f"{algorithm}-seed{seed}"
         if (run_dir / "summary.json").exists():
@@ -153,6 +176,20 @@ def run_comparison(
         if (output_dir / f"{a}-seed{s}" / "summary.json").exists()
     ]
     return write_report(runs, output_dir, last_k=last_k)
+
+
+def common_answer_checker(checkers: dict[str, list[str]]) -> str | None:
+    """
+    The one answer checker of `{checker: [run names]}`; a one-line ValueError if there are several, since runs
+    scored by different checkers (say, with and without math-verify) give accuracies that are not comparable.
+    """
+    if len(checkers) > 1:
+        listed = "; ".join(f"{', '.join(names)} by {checker!r}" for checker, names in checkers.items())
+        raise ValueError(
+            f"runs scored by different answer checkers cannot be compared: {listed}. Rerun one side in the other's "
+            "environment (or move its runs out of the output folder)."
+        )
+    return next(iter(checkers), None)
 
 
 def _run_evaluated_before(output_dir, algorithms, seed):
@@ -192,20 +229,34 @@ def shared_steps(runs: list[RunRecord], key: str) -> list[int]:
     return sorted(set.intersection(*(set(r.logged(key)) for r in runs))) if runs else []
 
 
+# Fewest steps in the late window: a "late" figure of one or two steps is one rollout's luck.
+LATE_MIN_STEPS = 4
+
+
 def late_steps(steps: list[int]) -> list[int]:
-    """The last quarter of `steps` (at least one): where the paper reads its final training reward."""
-    return steps[-max(1, len(steps) // 4) :]
+    """
+    The last quarter of `steps`, where the paper reads its final training reward; empty when that quarter has fewer
+    than `LATE_MIN_STEPS` steps (fewer than 16 logged).
+    """
+    quarter = len(steps) // 4
+    return steps[-quarter:] if quarter >= LATE_MIN_STEPS else []
 
 
-def _paired(a, b, **kwargs) -> dict | None:
+def _paired(a, b, score: bool = True, **kwargs) -> dict | None:
+    """The paired difference as a summary cell; `score=False` for figures that are not scores (neutral words)."""
     if a is None or b is None or a.shape != b.shape:
         return None
     estimate = stats.paired_difference(a, b, **kwargs)
-    return vars(estimate) | {"str": str(estimate), "verdict": estimate.verdict}
+    verdict = estimate.verdict if score else estimate.direction
+    return vars(estimate) | {"str": str(estimate), "verdict": verdict}
 
 
 def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo") -> dict:
     """Per algorithm: accuracies with intervals and the other figures; per baseline: the paired difference to OPO."""
+    checkers = {}
+    for r in runs:
+        checkers.setdefault(r.answer_checker, []).append(f"{r.name}-seed{r.seed}")
+    checker = common_answer_checker(checkers)
     names = list(dict.fromkeys(r.name for r in runs))
     by_name = {n: sorted((r for r in runs if r.name == n), key=lambda r: r.seed) for n in names}
     rows = []
@@ -257,8 +308,9 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
             late = late_steps(rewarded)
             entry["reward_late"] = _paired(*(step_matrix(g, seeds, "reward", late) for g in (ours, theirs)))
             entry["reward_late_steps"] = [late[0], late[-1]] if late else None
+            entry["reward_steps"] = len(rewarded)
             entry["grad_norm_median"] = _paired(
-                *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), statistic="median"
+                *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), score=False, statistic="median"
             )
             interim_steps = sorted({h["step"] for r in ours + theirs for h in r.heldout if not h.get("fingerprint")})
             entry["interim"] = {
@@ -266,7 +318,7 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
                 for step in interim_steps
             }
             paired.append(entry)
-    return {"algorithms": rows, "paired": paired, "reference": reference}  # fmt: skip
+    return {"algorithms": rows, "paired": paired, "reference": reference, "answer_checker": checker}  # fmt: skip
 
 
 def summary_markdown(summary: dict, last_k: int = 5) -> str:
@@ -300,6 +352,8 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
         "with signal: optimizer steps whose gradient was exactly 0 although some group of their rollout had unequal "
         "rewards (the loss cut the gradient off), out of the steps with such a group. Truncated: completions cut at the "
         "length limit (DAPO masks them out of its loss).",
+        "",
+        f"Answer checker of every run (how the `accuracy` reward compares answers): {_checker_text(summary)}.",
     ]
     if summary["paired"]:
         reference = summary["reference"]
@@ -317,7 +371,9 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
         lines += [
             "",
             f"Δ = {reference} minus the baseline on the same seeds and problems. A verdict says 'ahead' or 'behind' "
-            "only when the interval excludes 0.",
+            f"only when the interval excludes 0, and only with at least {stats.MIN_SEEDS} common seeds: with fewer, "
+            "the interval misses most of the spread between seeds and is labelled with what it covers ('problems "
+            "only' for one seed).",
         ]
         interim_steps = sorted({int(t) for p in summary["paired"] for t in p.get("interim", {})})
         lines += [
@@ -329,22 +385,35 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
         for p in summary["paired"]:
             late = p.get("reward_late_steps")
             interim = {int(t): v for t, v in p.get("interim", {}).items()}
+            if late:
+                late_cell = f"{_verdict(p.get('reward_late'))} (steps {late[0]}-{late[1]})"
+            elif p.get("reward_steps"):
+                late_cell = f"too few steps ({p['reward_steps']} logged; the last quarter needs {LATE_MIN_STEPS})"
+            else:
+                late_cell = "n/a"
             lines.append(
-                f"| {p['baseline']} | {_verdict(p.get('reward_late'))}"
-                + (f" (steps {late[0]}-{late[1]})" if late else "")
-                + f" | {_verdict(p.get('grad_norm_median'))} | "
+                f"| {p['baseline']} | {late_cell} | {_verdict(p.get('grad_norm_median'))} | "
                 + "".join(f"{_verdict(interim.get(t))} | " for t in interim_steps)
             )
         lines += [
             "",
             "Paired over training steps: on the same seed every algorithm trains on the same prompts in the same order, "
             "so the training reward and the gradient norm of a step pair across algorithms (the bootstrap resamples "
-            "seeds and steps). Late steps: the last quarter of the logged steps. The gradient norm (before clipping) "
-            "compares medians, since single steps reach 10x the median; each loss has its own scale, so a larger norm "
-            "is not by itself a better update. Interim held-out: the first problems of the held-out set, one sample "
-            "each, during training.",
+            "seeds and steps). Late steps: the last quarter of the logged steps, at least "
+            f"{LATE_MIN_STEPS}. The gradient norm (before clipping) compares medians, since single steps reach 10x the "
+            "median; each loss has its own scale, so a larger norm is not by itself a better update: it is 'higher' "
+            f"or 'lower', never 'ahead' or 'behind'. With fewer than {stats.MIN_SEEDS} seeds, an interval here "
+            "labelled 'problems only' resamples the steps only. Interim held-out: the first problems of the held-out "
+            "set, one sample each, during training.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _checker_text(summary: dict) -> str:
+    checker = summary.get("answer_checker")
+    if checker == UNKNOWN_CHECKER:
+        return "unknown (the run files predate its record)"
+    return "n/a" if checker is None else checker
 
 
 def _verdict(cell) -> str:

@@ -7,8 +7,10 @@ strings (standard format) or a list of message lists (conversational format), an
 `prompt` arrives as a keyword argument. The functions here read the reference answer from the `answer` column.
 
 Answers are compared in three steps, cheapest first: normalised string equality, exact numeric equality (integers,
-decimals, `a/b`, `\frac{a}{b}`, thousands separators), then symbolic equivalence with `math-verify` when it is
-installed (`pip install opo-trl[math]`).
+decimals, `a/b`, `\frac{a}{b}`, thousands separators), then symbolic equivalence with `math-verify`, a dependency of
+opo-trl so that `accuracy` scores alike in every install. Which checker scored a run, with its version
+([`answer_checker`]), is recorded in the run's `summary.json`, and `opo-trl compare` will not pair runs scored by
+different checkers.
 """
 
 import difflib
@@ -115,15 +117,40 @@ def _to_number(answer: str) -> Fraction | None:
         return None
 
 
+# What `answer_checker` reports when math-verify cannot be imported (an install made without dependencies).
+STRINGS_AND_NUMBERS = "strings and numbers (no math-verify)"
+
+
 @functools.cache
 def _load_math_verify():
     try:
         import math_verify
         from math_verify.errors import TimeoutException
-    except ImportError:
-        logger.info("math-verify is not installed: answers are compared as strings and numbers only.")
+    except ImportError as e:
+        # Once per process (cached): a run without it scores some right answers 0 and is not comparable with others.
+        logger.warning(
+            "math-verify cannot be imported (%s): the accuracy reward compares answers as strings and numbers only and "
+            "scores symbolically equal answers such as 2\\sqrt{2} and \\sqrt{8} as wrong; runs scored so are not "
+            "comparable with runs scored by math-verify. Install it: pip install 'math-verify>=0.8'.",
+            e,
+        )
         return None
     return math_verify, TimeoutException
+
+
+def answer_checker() -> str:
+    """
+    How [`answers_match`] decides in this install: `"math-verify <version>"`, or `STRINGS_AND_NUMBERS` when
+    math-verify cannot be imported (which also logs a warning, once).
+    """
+    if _load_math_verify() is None:
+        return STRINGS_AND_NUMBERS
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"math-verify {version('math-verify')}"
+    except PackageNotFoundError:  # importable without package metadata, e.g. vendored
+        return "math-verify (version unknown)"
 
 
 def _symbolic_match(pred: str, ref: str) -> bool:
@@ -148,8 +175,8 @@ def answers_match(pred: str, ref: str) -> bool:
     Whether a predicted answer equals a reference answer.
 
     Tries normalised string equality, then exact numeric equality (`\frac{1}{2}`, `1/2` and `0.5` are equal, as are
-    `1,000` and `1000`), then symbolic equivalence with `math-verify` if installed. Two plain numbers that differ are
-    never sent to `math-verify`, which keeps the common arithmetic case fast.
+    `1,000` and `1000`), then symbolic equivalence with `math-verify` (see [`answer_checker`]). Two plain numbers that
+    differ are never sent to `math-verify`, which keeps the common arithmetic case fast.
 
     Args:
         pred (`str`):
@@ -221,6 +248,7 @@ def accuracy_reward(completions: list, answer: list[str], **kwargs) -> list[floa
 
     ```
     """
+    _load_math_verify()  # warns on the first call, not only at the first answer that needs it
     rewards = []
     for completion, reference in zip(completions, answer, strict=True):
         reference = _reference_text(reference)

@@ -137,7 +137,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
 
     from .checkpoints import resolve_resume_from_checkpoint
     from .models import resolve_model
-    from .rewards import get_reward_function
+    from .rewards import answer_checker, get_reward_function
     from .trainer import OPOTrainer
     from .validation import validate_dataset
 
@@ -205,6 +205,8 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         "model": model_id,
         "seed": training_args.seed,
         "learning_rate": training_args.learning_rate,
+        # How `accuracy` decides (math-verify and its version): runs scored differently are not comparable.
+        "answer_checker": answer_checker(),
     }
     evaluator = None
     if heldout is not None:

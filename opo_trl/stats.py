@@ -10,8 +10,14 @@ differences `a[s, p] - b[s, p]` over their common seeds.
 The bootstrap resamples both sources of variation at once: seeds with replacement, and problems with replacement (the
 same problems for every seed of a replicate, since the problems are shared). The 95% interval is the 2.5th to 97.5th
 percentile of the replicate means; the two-sided p-value of a difference is twice the share of replicates on the
-far side of zero (at least 1 / (replicates + 1)). A difference is called "ahead" or "behind" only when its interval
-excludes zero, and "not separated" otherwise.
+far side of zero (at least 1 / (replicates + 1)).
+
+A verdict needs at least `MIN_SEEDS` seeds: with fewer, the bootstrap can only resample problems (one seed) or barely
+samples the seed-to-seed spread (two), which on the v2 benchmark was wider than most differences between algorithms;
+the interval is still given, labelled, and the verdict reads e.g. "no verdict: 1 seed". With enough seeds, a
+difference of scores (accuracy, reward) is "ahead" or "behind" when its interval excludes zero, and "not separated"
+otherwise; a difference of figures that are not scores (gradient norm, truncated or clipped fraction) is "higher",
+"lower" or "not separated" ([`Estimate.direction`]).
 """
 
 from dataclasses import dataclass
@@ -20,11 +26,16 @@ import numpy as np
 
 
 REPLICATES = 10_000
+# Fewest seeds for a verdict: seeds differ widely (OPO's held-out accuracy on v2's basic_arithmetic: 0.195-0.414).
+MIN_SEEDS = 3
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its bootstrap interval; for a difference, also the p-value and the verdict."""
+    """
+    A mean with its bootstrap interval; for a difference, also the p-value and the verdict. `problems` counts the
+    columns of the matrix: problems, or training steps for figures paired over steps.
+    """
 
     mean: float
     low: float
@@ -35,19 +46,36 @@ class Estimate:
 
     @property
     def verdict(self) -> str:
+        """For a difference of scores: "ahead", "behind", "not separated", or "no verdict: N seed(s)"."""
+        return self._words("ahead", "behind")
+
+    @property
+    def direction(self) -> str:
+        """For a difference of figures that are not scores: "higher", "lower", "not separated", or "no verdict: ..."."""
+        return self._words("higher", "lower")
+
+    @property
+    def coverage(self) -> str | None:
+        """What the interval leaves out, when it has too few seeds for a verdict; `None` otherwise."""
+        if self.seeds >= MIN_SEEDS:
+            return None
+        return "problems only" if self.seeds == 1 else f"problems, {self.seeds} seeds"
+
+    def _words(self, above: str, below: str) -> str:
+        if self.seeds < MIN_SEEDS:
+            return f"no verdict: {self.seeds} seed{'s' if self.seeds != 1 else ''}"
         if self.low > 0:
-            return "ahead"
+            return above
         if self.high < 0:
-            return "behind"
+            return below
         return "not separated"
 
     def __str__(self) -> str:
-        text = f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
-        return (
-            text
-            if self.p_value is None
-            else f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}], p={self.p_value:.3g}"
-        )
+        if self.p_value is None:
+            text = f"{self.mean:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        else:
+            text = f"{self.mean:+.3f} [{self.low:+.3f}, {self.high:+.3f}], p={self.p_value:.3g}"
+        return text if self.coverage is None else f"{text} ({self.coverage})"
 
 
 def _resampled(matrices, replicates: int, seed: int):

@@ -137,19 +137,23 @@ def test_benchmark_v2_paper_table_puts_our_figures_beside_the_papers():
             "opo",
             seed,
             {},
-            # Rewards logged at steps 1..8: the last quarter is steps 7 and 8.
-            [{"step": t, "reward": 0.1 * t + seed, "grad_norm": float(t)} for t in range(1, 9)],
-            [full | {"step": 0, "sampled": [[0.0]] * 4}, full | {"step": 8, "sampled": [[1.0], [1.0], [0.0], [0.0]]}],
+            # Rewards logged at steps 1..16: the last quarter is steps 13-16.
+            [{"step": t, "reward": 0.1 * t + seed, "grad_norm": float(t)} for t in range(1, 17)],
+            [full | {"step": 0, "sampled": [[0.0]] * 4}, full | {"step": 16, "sampled": [[1.0], [1.0], [0.0], [0.0]]}],
         )
         for seed in (0, 1)
     ]
     table = bench.paper_table(records)
     (row,) = [line for line in table.splitlines() if line.startswith("| opo |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # Late reward: seed 0 (0.7 + 0.8) / 2 = 0.75, seed 1 1.75; grad norms 1..8 twice: median 4.5, IQR [2.75, 6.25].
-    assert cells == ["opo", "0.756", "1.250 [0.750, 1.750]", "0.90", "4.500 [2.750, 6.250]", "48%", cells[6]]
+    # Late reward: seed 0 0.1 * (13 + 14 + 15 + 16) / 4 = 1.45, seed 1 2.45; grad norms 1..16 twice: median 8.5,
+    # IQR [4.75, 12.25].
+    assert cells == ["opo", "0.756", "1.950 [1.450, 2.450]", "0.90", "8.500 [4.750, 12.250]", "48%", cells[6]]
     assert cells[6].startswith("0.500 [")
     assert "| grpo |" not in table  # only the algorithms that ran
+    # 8 logged steps: a last quarter of 2, too few for a late figure.
+    short = [RunRecord("opo", r.seed, {}, r.steps[:8], r.heldout) for r in records]
+    assert "| opo | 0.756 | too few steps | 0.90 |" in bench.paper_table(short)
 
 
 def test_benchmark_v2_runs_wait_only_for_their_own_seeds_first_run(tmp_path, monkeypatch):
@@ -196,9 +200,9 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
     heldout = [full | {"step": 0, "sampled": [[0.0]] * 4}, full | {"step": 8, "sampled": [[1.0], [0.0], [0.0], [0.0]]}]
 
     def steps(seed):
-        # 8 optimizer steps, a rollout every 2: rollouts at steps 1, 3, 5, 7; those at 3 and 7 have every group tied.
+        # 32 optimizer steps, a rollout every 2: rollouts at steps 1, 3, ..., 31; those at 3 and 7 have every group tied.
         out = []
-        for t in range(1, 9):
+        for t in range(1, 33):
             entry = {"step": t, "grad_norm": float(t + seed), "entropy": 0.5 + 0.1 * t}
             if t % 2:
                 tied = t in (3, 7)
@@ -211,9 +215,13 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
     (row,) = [line for line in bench.variant_mechanics(records).splitlines() if line.startswith("| opo-x |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Tied rollouts: 2 per seed. Their drive: 0.6, 1.4 (seed 0) and 1.6, 2.4 (seed 1): median 1.5.
-    # Entropy: 0.6 at step 1; the last quarter is steps 7-8, mean 1.25. Length: 11 at the first rollout, 17 over the
-    # last quarter of the logged rollouts (step 7). Grad norms 1..8 and 2..9: median 5.
-    assert cells == ["opo-x", "2", "0.250, 0.250", "4 of 8", "1.5", "0.60 -> 1.25", "11.00 -> 17.00", "5"]
+    # Entropy: 0.6 at step 1; the last quarter is steps 25-32, mean 3.35. Length: 11 at the first rollout, 38 over the
+    # last quarter of the 16 logged rollouts (steps 25, 27, 29, 31). Grad norms 1..32 and 2..33: median 17.
+    assert cells == ["opo-x", "2", "0.250, 0.250", "4 of 32", "1.5", "0.60 -> 3.35", "11.00 -> 38.00", "17"]
+    # 8 steps: the last quarter of the logged figures is under 4 steps.
+    short = [RunRecord("opo-x", r.seed, {}, r.steps[:8], heldout) for r in records]
+    (row,) = [line for line in bench.variant_mechanics(short).splitlines() if line.startswith("| opo-x |")]
+    assert "| too few steps | too few steps |" in row
 
 
 @pytest.mark.slow

@@ -7,12 +7,14 @@ import pytest
 import yaml
 
 from opo_trl.compare import load_run, run_comparison
+from opo_trl.compare import main as compare_main
+from opo_trl.rewards import answer_checker
 
 from .conftest import tiny_recipe
 
 
 @pytest.mark.slow
-def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_model_path):
+def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_model_path, capsys):
     pytest.importorskip("reasoning_gym")
     recipe = tiny_recipe(
         tmp_path, tiny_model_path, dataset_name="reasoning_gym/chain_sum", reward_funcs=["reasoning_gym"],
@@ -26,6 +28,8 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     algorithms, out = ["opo", "grpo", "dapo"], tmp_path / "cmp"
     summary = run_comparison(config, algorithms, [0, 1], out, in_process=True, learning_rates={"grpo": 2e-3}, last_k=2)
 
+    # reasoning-gym's verifiers score these runs, but every run records the install's answer checker all the same.
+    assert summary["answer_checker"] == answer_checker() == load_run(out / "opo-seed0").answer_checker
     rows = {r["algorithm"]: r for r in summary["algorithms"]}
     assert list(rows) == algorithms and rows["grpo"]["learning_rate"] == 2e-3 and rows["opo"]["learning_rate"] == 1e-3
     for row in rows.values():
@@ -42,14 +46,16 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     assert set(paired) == {"grpo", "dapo"}
     for p in paired.values():
         assert p["seeds"] == [0, 1] and 0 < p["after"]["p_value"] <= 1
-        assert p["after"]["verdict"] in ("ahead", "behind", "not separated")
         difference = (opo0.outcomes() - load_run(out / f"{p['baseline']}-seed0").outcomes()).mean()
         difference += (
             load_run(out / "opo-seed1").outcomes() - load_run(out / f"{p['baseline']}-seed1").outcomes()
         ).mean()
         assert p["after"]["mean"] == pytest.approx(difference / 2)
-        # Two steps, one rollout: reward logged at step 1 only; a gradient at both steps; an interim evaluation at 1.
-        assert p["reward_late_steps"] == [1, 1] and p["reward_late"]["seeds"] == 2
+        # Two common seeds: intervals, but no verdict.
+        assert p["after"]["verdict"] == "no verdict: 2 seeds" and p["after"]["str"].endswith("(problems, 2 seeds)")
+        # Two steps, one rollout: reward logged at step 1 only, too few for a late window; a gradient at both steps;
+        # an interim evaluation at 1.
+        assert p["reward_late_steps"] is None and p["reward_late"] is None and p["reward_steps"] == 1
         assert p["grad_norm_median"]["problems"] == 2 and set(p["interim"]) == {1}
 
     with (out / "steps.csv").open() as f:
@@ -62,13 +68,19 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     )
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     table = (out / "summary.md").read_text()
-    assert (
-        "| opo vs |" in table
-        and "Δ median grad norm" in table
-        and "interim held-out, step 1" in table
-        and any(verdict in table for verdict in ("not separated", "ahead", "behind"))
-    )
+    assert "| opo vs |" in table and "Δ median grad norm" in table and "interim held-out, step 1" in table
+    assert "no verdict: 2 seeds" in table and "too few steps (1 logged" in table
     assert (out / "curves.png").stat().st_size > 10_000
+
+    # `opo-trl compare` of one seed (its runs are finished, so nothing trains again) prints no verdict.
+    assert compare_main(["--config", str(config), "--algorithms", "opo", "grpo", "--seeds", "0",
+                         "--output_dir", str(out), "--last_k", "2"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    # GRPO's rows: its accuracies, then the two tables of differences to OPO.
+    accuracies, *differences = [line for line in printed.splitlines() if line.startswith("| grpo |")]
+    assert "(problems only)" in accuracies and len(differences) == 2
+    assert all("(problems only)" in row and "no verdict: 1 seed" in row for row in differences)
+    assert not any(word in row for row in differences for word in ("ahead", "behind", "higher", "lower"))
 
     # A finished run is not run again.
     before = (out / "opo-seed0" / "summary.json").stat().st_mtime
@@ -89,26 +101,104 @@ def test_zero_gradient_steps_count_only_steps_with_a_signal():
     assert RunRecord("gspo", 0, {}, steps, []).zero_gradient_steps() == (2, 3)
 
 
-def test_paired_training_reward_gradient_norm_and_interim_accuracy():
-    from opo_trl.compare import RunRecord, summary_rows
+def _stepped_run(name, seed, reward, grad, interim, steps=32):
+    from opo_trl.compare import RunRecord
 
-    def run(name, seed, reward, grad, interim):
-        # Generation every other step (reward logged at odd steps), a gradient every step, interim evaluations at 2, 4.
-        steps = [{"step": t, "grad_norm": grad(t)} | ({"reward": reward(t)} if t % 2 else {}) for t in range(1, 9)]
-        heldout = [{"step": t, "fingerprint": None, "sampled": [[x] for x in interim[t]]} for t in (2, 4)]
-        return RunRecord(name, seed, {}, steps, heldout)
+    # Generation every other step (reward logged at odd steps), a gradient every step, interim evaluations at 2, 4.
+    logged = [
+        {"step": t, "grad_norm": grad(t)} | ({"reward": reward(t)} if t % 2 else {}) for t in range(1, steps + 1)
+    ]
+    heldout = [{"step": t, "fingerprint": None, "sampled": [[x] for x in interim[t]]} for t in (2, 4)]
+    return RunRecord(name, seed, {}, logged, heldout)
 
+
+def _opo_and_grpo(seeds, steps=32):
     runs = []
-    for seed in (0, 1, 2):
-        runs.append(run("opo", seed, lambda t: 0.1 * t, lambda t: 2.0, {2: [0, 0, 0, 0], 4: [1, 1, 1, 0]}))
-        runs.append(run("grpo", seed, lambda t: 0.1 * t - 0.2, lambda t: 1.0 + (t == 5) * 50, {2: [1, 1, 1, 1], 4: [1, 1, 1, 0]}))  # fmt: skip
-    (paired,) = summary_rows(runs)["paired"]
-    # Rewards at steps 1, 3, 5, 7: the last quarter is step 7 alone, where OPO is ahead by 0.2 on every seed.
-    assert paired["reward_late_steps"] == [7, 7]
+    for seed in seeds:
+        runs.append(
+            _stepped_run("opo", seed, lambda t: 0.1 * t, lambda t: 2.0, {2: [0, 0, 0, 0], 4: [1, 1, 1, 0]}, steps)
+        )
+        runs.append(_stepped_run("grpo", seed, lambda t: 0.1 * t - 0.2, lambda t: 1.0 + (t == 5) * 50, {2: [1, 1, 1, 1], 4: [1, 1, 1, 0]}, steps))  # fmt: skip
+    return runs
+
+
+def test_paired_training_reward_gradient_norm_and_interim_accuracy():
+    from opo_trl.compare import summary_markdown, summary_rows
+
+    summary = summary_rows(_opo_and_grpo((0, 1, 2)))
+    (paired,) = summary["paired"]
+    # Rewards at the 16 odd steps 1-31: the last quarter is steps 25-31, where OPO is ahead by 0.2 on every seed.
+    assert paired["reward_late_steps"] == [25, 31] and paired["reward_late"]["problems"] == 4
     assert paired["reward_late"]["mean"] == pytest.approx(0.2) and paired["reward_late"]["verdict"] == "ahead"
-    # Medians: OPO 2, GRPO 1 (its one 51 does not move the median); the mean difference would be negative.
+    # Medians: OPO 2, GRPO 1 (its one 51 does not move the median); the mean difference would be negative. A gradient
+    # norm is not a score: "higher", not "ahead".
     assert paired["grad_norm_median"]["mean"] == pytest.approx(1.0)
-    assert paired["grad_norm_median"]["verdict"] == "ahead"
+    assert paired["grad_norm_median"]["verdict"] == "higher"
     # Interim: at step 2 OPO solves none of the 4 problems and GRPO all, on every seed; at step 4 they tie.
     assert paired["interim"][2]["mean"] == pytest.approx(-1.0) and paired["interim"][2]["verdict"] == "behind"
     assert paired["interim"][4]["mean"] == 0 and paired["interim"][4]["verdict"] == "not separated"
+    table = summary_markdown(summary)
+    grpo_row = next(line for line in table.splitlines() if line.startswith("| grpo |") and "steps 25-31" in line)
+    assert "higher" in grpo_row and "p=0.0001 ahead (steps 25-31)" in grpo_row
+
+
+def test_short_runs_and_single_seeds_get_no_verdict():
+    from opo_trl.compare import summary_markdown, summary_rows
+
+    # 8 steps: rewards at 4 steps, a last quarter of one step.
+    summary = summary_rows(_opo_and_grpo((0, 1, 2), steps=8))
+    (paired,) = summary["paired"]
+    assert paired["reward_late"] is None and paired["reward_late_steps"] is None and paired["reward_steps"] == 4
+    assert "| grpo | too few steps (4 logged; the last quarter needs 4) |" in summary_markdown(summary)
+
+    # One seed: intervals over problems (steps) only, and no verdict anywhere, whatever the interval.
+    summary = summary_rows(_opo_and_grpo((0,)))
+    (paired,) = summary["paired"]
+    cells = [paired["reward_late"], paired["grad_norm_median"], *paired["interim"].values()]
+    assert paired["reward_late"]["low"] > 0 and paired["grad_norm_median"]["low"] > 0
+    assert {c["verdict"] for c in cells} == {"no verdict: 1 seed"}
+    assert all(c["str"].endswith("(problems only)") for c in cells)
+    # GRPO's rows: its figures, held-out differences (none here: no held-out evaluation), differences over steps.
+    rows = [line for line in summary_markdown(summary).splitlines() if line.startswith("| grpo |")]
+    assert len(rows) == 3 and rows[2].count("no verdict: 1 seed") == 4
+    assert not any(word in row for row in rows for word in ("ahead", "behind", "higher", "lower"))
+
+
+def test_runs_scored_by_different_answer_checkers_are_not_compared(tmp_path, capsys):
+    from opo_trl.cli import main as cli_main
+    from opo_trl.compare import summary_markdown, summary_rows
+    from opo_trl.rewards import STRINGS_AND_NUMBERS, answer_checker
+
+    runs = _opo_and_grpo((0, 1, 2))
+    for r in runs:
+        r.summary["answer_checker"] = "math-verify 0.9.0"
+    summary = summary_rows(runs)
+    assert summary["answer_checker"] == "math-verify 0.9.0"
+    assert "Answer checker of every run (how the `accuracy` reward compares answers): math-verify 0.9.0." in (
+        summary_markdown(summary)
+    )
+    runs[1].summary["answer_checker"] = STRINGS_AND_NUMBERS  # GRPO's seed 0
+    with pytest.raises(ValueError, match="different answer checkers") as info:
+        summary_rows(runs)
+    assert f"grpo-seed0 by '{STRINGS_AND_NUMBERS}'" in str(info.value) and "\n" not in str(info.value)
+
+    # Run files from before the checker was recorded: "unknown", comparable only with each other.
+    old = _opo_and_grpo((0, 1, 2))
+    assert summary_rows(old)["answer_checker"] == "unknown"
+    old[0].summary["answer_checker"] = "math-verify 0.9.0"
+    with pytest.raises(ValueError, match="different answer checkers"):
+        summary_rows(old)
+
+    # `opo-trl compare` refuses in one line, before training, when a finished run was scored otherwise than this
+    # install scores (the recipe does not exist: had a run started, it would have failed differently).
+    out = tmp_path / "cmp"
+    (out / "opo-seed0").mkdir(parents=True)
+    (out / "opo-seed0" / "summary.json").write_text(
+        json.dumps({"algorithm": "opo", "seed": 0, "answer_checker": STRINGS_AND_NUMBERS})
+    )
+    argv = ["compare", "--config", str(tmp_path / "none.yaml"), "--algorithms", "opo", "grpo", "--seeds", "0",
+            "--output_dir", str(out)]  # fmt: skip
+    assert cli_main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"opo-seed0 by '{STRINGS_AND_NUMBERS}'" in error
+    assert f"grpo-seed0 (to run) by '{answer_checker()}'" in error and not (out / "grpo-seed0").exists()

@@ -1,13 +1,20 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+import logging
 import os.path
+import sys
 import threading
+import tomllib
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 
 from opo_trl import rewards
 from opo_trl.rewards import (
     REWARD_FUNCTIONS,
+    STRINGS_AND_NUMBERS,
     accuracy_reward,
+    answer_checker,
     answers_match,
     extract_answer,
     extract_boxed,
@@ -81,6 +88,33 @@ def test_symbolic_match_needs_math_verify(monkeypatch):
     assert not answers_match(r"2\sqrt{3}", r"\sqrt{8}")
     monkeypatch.setattr(rewards, "_load_math_verify", lambda: None)
     assert not answers_match(r"2\sqrt{2}", r"\sqrt{8}")
+
+
+@pytest.fixture
+def unimportable_math_verify(monkeypatch):
+    # As in an install made without it: `import math_verify` raises ImportError.
+    monkeypatch.setitem(sys.modules, "math_verify", None)
+    rewards._load_math_verify.cache_clear()
+    yield
+    rewards._load_math_verify.cache_clear()
+
+
+def test_math_verify_is_a_base_dependency_and_the_checker_names_its_version():
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(r.startswith("math-verify") for r in project["dependencies"])
+    assert project["optional-dependencies"]["math"] == ["math-verify>=0.8"]  # old install lines keep working
+    assert answer_checker() == f"math-verify {version('math-verify')}"
+    assert accuracy_reward([r"\boxed{2\sqrt{2}}"], answer=[r"\sqrt{8}"]) == [1.0]
+
+
+def test_without_math_verify_accuracy_warns_once_and_says_so_in_the_checker(unimportable_math_verify, caplog):
+    with caplog.at_level(logging.WARNING, logger="opo_trl.rewards"):
+        # The first call warns, though its answers need no symbolic check; the symbolic one scores 0.
+        assert accuracy_reward([r"\boxed{4}"], answer=["4"]) == [1.0]
+        assert accuracy_reward([r"\boxed{2\sqrt{2}}", "It is 4"], answer=[r"\sqrt{8}", "4"]) == [0.0, 1.0]
+        assert answer_checker() == STRINGS_AND_NUMBERS
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "strings and numbers only" in warning and "pip install 'math-verify>=0.8'" in warning
 
 
 def test_math_verify_failures_are_mismatches(monkeypatch):

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from opo_trl.rewards import answer_checker
 from opo_trl.run import main
 
 from .conftest import tiny_recipe, write_recipe
@@ -23,6 +24,7 @@ def test_two_step_training_run_through_the_command(tmp_path, tiny_model_path, ca
     out = Path(tmp_path / "out")
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == "opo" and 0.0 <= summary["heldout_accuracy_after"] <= 1.0
+    assert summary["answer_checker"] == answer_checker() and summary["answer_checker"].startswith("math-verify ")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2
     assert any("opo/drive/abs_mean" in m for m in metrics)

@@ -63,8 +63,33 @@ def test_median_difference_ignores_an_outlier_that_dominates_the_mean():
     b[0, 4] = 2.0
     median = paired_difference(a, b, statistic="median")
     assert median.mean == pytest.approx(1.05 - 2.0)  # the medians of the ten values, by hand
-    assert median.verdict == "behind" and median.high < 0
+    assert median.high < 0 and median.direction == "no verdict: 2 seeds"
+    # A third seed like the second: enough seeds for words, and a gradient norm is "lower", never "behind".
+    three = paired_difference(np.vstack([a, a[1]]), np.vstack([b, b[1]]), statistic="median")
+    assert three.high < 0 and three.direction == "lower" and three.verdict == "behind"
     # The mean difference is pulled positive by the single step.
     assert paired_difference(a, b).mean == pytest.approx((a - b).mean()) and paired_difference(a, b).mean > 8
     with pytest.raises(ValueError, match="statistic must be"):
         paired_difference(a, b, statistic="mode")
+
+
+def test_one_seed_gives_an_interval_over_problems_but_no_verdict():
+    # 1 seed x 64 problems, a large difference: the interval excludes 0, yet it says nothing of the seed spread.
+    rng = np.random.default_rng(0)
+    base = rng.binomial(1, 0.1, size=(1, 64)).astype(float)
+    better = np.maximum(base, rng.binomial(1, 0.5, size=base.shape))
+    one = paired_difference(better, base)
+    assert one.low > 0 and one.p_value < 0.001
+    assert one.verdict == "no verdict: 1 seed" and one.direction == "no verdict: 1 seed"
+    assert one.coverage == "problems only" and str(one).endswith("(problems only)")
+    assert str(mean_ci(base)).endswith("(problems only)")
+
+    # The same per-problem gains on 3 seeds: a verdict, and no label on the interval.
+    three = paired_difference(np.repeat(better, 3, axis=0), np.repeat(base, 3, axis=0))
+    assert (three.seeds, three.verdict, three.direction, three.coverage) == (3, "ahead", "higher", None)
+    assert (
+        "(" not in str(three)
+        and paired_difference(np.repeat(base, 3, axis=0), np.repeat(better, 3, axis=0)).verdict == "behind"
+    )
+    two = paired_difference(np.repeat(better, 2, axis=0), np.repeat(base, 2, axis=0))
+    assert two.verdict == "no verdict: 2 seeds" and str(two).endswith("(problems, 2 seeds)")
