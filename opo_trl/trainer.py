@@ -8,6 +8,7 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
+from .checkpoints import RolloutCheckpointMixin
 from .config import OPOConfig
 from .core import (
     entropy_bonus,
@@ -22,7 +23,7 @@ from .core import (
 from .validation import validate_dataset
 
 
-class OPOTrainer(GRPOTrainer):
+class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
     """
     Trainer for Orthogonalized Policy Optimization (OPO).
 
