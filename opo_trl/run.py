@@ -436,16 +436,33 @@ def write_run_files(log_history: list[dict], summary: dict, output_dir: str) -> 
     return paths
 
 
+def quiet_library_deprecations() -> None:
+    """
+    Hide the deprecation warnings that TRL's own code raises in transformers 5.x on every run: the user can do nothing
+    about them. (`gradient_checkpointing` in a recipe is the user's and still warns; the shipped recipes use
+    `activation_checkpointing`.)
+    """
+    import warnings
+
+    # TRL 1.16 reads `model.is_gradient_checkpointing` when it generates (trl.models.utils).
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse `opo-trl train` arguments and run the job; prints and returns the summary."""
     from .arguments import parse_train_args
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_library_deprecations()
     summary = train(*parse_train_args(sys.argv[1:] if argv is None else argv))
     print(json.dumps(summary, indent=2))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # A launched process: the `opo-trl` process that launched it says where the run stands.
+        sys.exit(130)
     exit_launched_process()
