@@ -46,11 +46,11 @@ def _dispatch(command: str, rest: list[str]) -> int:
 
         return compare_main(rest)
     if command == "recipes":
-        from .arguments import RECIPES_DIR, shipped_recipes
+        from .arguments import recipes_location, shipped_recipes
 
         for name, description in shipped_recipes().items():
             print(f"{name:34s} {description}")
-        print(f"\n(in {RECIPES_DIR}; run one with `opo-trl train --config NAME`)")
+        print(f"\n(in {recipes_location()}; run one with `opo-trl train --config NAME`)")
         return 0
     if command == "quickstart":
         rest = ["--config", "quickstart", *rest]

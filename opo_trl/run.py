@@ -60,6 +60,8 @@ def load_datasets(script_args, dataset_args, seed: int):
     from .data import load_gsm8k, load_math, load_reasoning_gym, make_arithmetic_dataset
 
     kind = dataset_kind(script_args, dataset_args)
+    if kind == "hub":
+        _check_not_a_misspelled_builtin(script_args.dataset_name)
     for name in changed_fields(script_args, DATASET_ARGUMENTS):
         kinds = DATASET_ARGUMENTS[name]
         if kind not in kinds:
@@ -103,6 +105,20 @@ def load_datasets(script_args, dataset_args, seed: int):
         levels = script_args.math_levels
         return load_math(train_split, levels), {"test": load_math(test_split, levels)}
     return _load_hub_dataset(script_args)
+
+
+def _check_not_a_misspelled_builtin(name: str) -> None:
+    """A name close to a built-in dataset's, with no '/' of a hub id and no such path, is a typo: say which one."""
+    import difflib
+
+    if "/" in name or os.path.exists(name):
+        return
+    close = difflib.get_close_matches(name, ["arithmetic", "gsm8k", "math"], n=1)
+    if close:
+        raise ValueError(
+            f"dataset_name={name!r} is not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) or a local path. "
+            f"Did you mean {close[0]!r}?"
+        )
 
 
 def _load_hub_dataset(script_args):

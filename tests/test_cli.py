@@ -26,6 +26,28 @@ def test_recipes_lists_the_shipped_recipes(capsys):
     for name in shipped_recipes():
         assert name in out
     assert "opo-trl quickstart" in shipped_recipes()["quickstart"]  # the recipe's first comment line
+    # Where they are, as a folder one can open (from a wheel, RECIPES_DIR is a namespace package's MultiplexedPath).
+    folder = out.strip().splitlines()[-1].removeprefix("(in ").split(";")[0]
+    assert Path(folder, "quickstart.yaml").is_file()
+
+
+def test_recipe_descriptions_are_whole_sentences_and_baselines_name_no_opo_setting():
+    from opo_trl.arguments import load_recipe, opo_only_fields
+
+    for name, description in shipped_recipes().items():
+        assert description.endswith("."), (name, description)
+        if load_recipe(name).get("algorithm", "opo") != "opo":
+            words = set(description.replace(",", " ").split())
+            assert not words & opo_only_fields(), (name, description)
+
+
+def test_quickstart_saves_a_checkpoint_every_few_steps_by_default():
+    from opo_trl.arguments import parse_command
+
+    args = parse_command(["--config", "quickstart"]).training_args
+    assert args.save_strategy == "steps" and args.save_total_limit == 1
+    # At a rollout boundary, and more than once in the run.
+    assert args.save_steps % args.steps_per_generation == 0 and args.max_steps // args.save_steps >= 2
 
 
 def capture_train(monkeypatch):
@@ -51,6 +73,7 @@ def test_a_recipe_by_name_runs_the_training_job(monkeypatch, argv):
         (["train", "--config", "quickstart", "--algorithm", "dapoo"], "must be one of ['opo', 'grpo', 'dapo', 'gspo']. Did you mean 'dapo'?"),
         (["train", "--config", "quickstart", "--alpha", "2"], "alpha=2.0 is invalid; alpha must be a float in [0, 1)"),
         (["train", "--config", "quickstart", "--math_levels", "3"], "math_levels=[3] applies to dataset_name 'math' only"),
+        (["quickstart", "--dataset_name", "arithmetc"], "dataset_name='arithmetc' is not a built-in dataset (arithmetic, gsm8k, math, reasoning_gym/<task>) or a local path. Did you mean 'arithmetic'?"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_without_a_traceback(capsys, monkeypatch, argv, message):
