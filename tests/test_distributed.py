@@ -79,3 +79,25 @@ def test_full_escort_and_chosen_mu_do_not_depend_on_the_process_count(tmp_path, 
     assert len(set(one["mu"])) == 1 and len(set(two["mu"])) == 1
     assert two["mu"][0] == pytest.approx(one["mu"][0], rel=1e-5)
     assert one["mu"][0] == pytest.approx(trust_region_mu(expected, 0.02).item(), rel=1e-5)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_resume_mid_rollout_to_the_uninterrupted_parameters(tmp_path, tiny_model_path):
+    script = SCRIPT.parent / "resume.py"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(script.parents[2]),
+    }
+    for out, mode in (("full", "full"), ("run", "stop"), ("run", "resume")):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(free_port()), str(script), str(tmp_path / out), tiny_model_path, mode]  # fmt: skip
+        result = run_distributed(command, env)
+        assert result.returncode == 0, failure_report(result)
+    # One rollout file per process, each process's own micro-batches.
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    assert sorted(p.name for p in checkpoint.glob("rollout_state*")) == ["rollout_state_0.pt", "rollout_state_1.pt"]
+    for rank in (0, 1):
+        full = (tmp_path / "full" / f"params-{rank}-full.txt").read_text()
+        assert (tmp_path / "run" / f"params-{rank}-resume.txt").read_text() == full
