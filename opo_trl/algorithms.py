@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig, GRPOTrainer
 
-from .checkpoints import RolloutCheckpointMixin
 from .config import OPOConfig
+from .rollout_state import RolloutCheckpointMixin
 from .trainer import OPOTrainer
 
 

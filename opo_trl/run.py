@@ -60,11 +60,12 @@ def load_datasets(script_args, dataset_args, seed: int):
     from .data import load_gsm8k, load_math, load_reasoning_gym, make_arithmetic_dataset
 
     kind = dataset_kind(script_args, dataset_args)
-    if kind == "hub":
-        _check_not_a_misspelled_builtin(script_args.dataset_name)
     for name in changed_fields(script_args, DATASET_ARGUMENTS):
         kinds = DATASET_ARGUMENTS[name]
         if kind not in kinds:
+            # A misspelt built-in name reads as a hub id: the name is the mistake to report, not the option.
+            if kind == "hub":
+                _check_not_a_misspelled_builtin(script_args.dataset_name)
             raise ValueError(
                 f"{name}={getattr(script_args, name)!r} applies to dataset_name {' or '.join(map(repr, kinds))} only, "
                 f"not to {script_args.dataset_name if kind != 'mixture' else 'a dataset mixture'!r}; remove it."
@@ -108,16 +109,16 @@ def load_datasets(script_args, dataset_args, seed: int):
 
 
 def _check_not_a_misspelled_builtin(name: str) -> None:
-    """A name close to a built-in dataset's, with no '/' of a hub id and no such path, is a typo: say which one."""
+    """Raise if `name`, not a path, is close to a built-in dataset's name, saying which one."""
     import difflib
 
-    if "/" in name or os.path.exists(name):
+    if os.path.exists(name):
         return
     close = difflib.get_close_matches(name, ["arithmetic", "gsm8k", "math"], n=1)
     if close:
         raise ValueError(
-            f"dataset_name={name!r} is not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) or a local path. "
-            f"Did you mean {close[0]!r}?"
+            f"dataset_name={name!r} is not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and not a local "
+            f"path. Did you mean {close[0]!r}?"
         )
 
 

@@ -8,7 +8,6 @@ from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.utils import get_config_model_id
 
-from .checkpoints import RolloutCheckpointMixin
 from .config import OPOConfig
 from .core import (
     entropy_bonus,
@@ -20,6 +19,7 @@ from .core import (
     sequence_log_prob,
     trust_region_mu,
 )
+from .rollout_state import RolloutCheckpointMixin
 from .validation import validate_dataset
 
 

@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from opo_trl.algorithms import ALGORITHMS
-from opo_trl.checkpoints import last_complete_checkpoint, resolve_resume_from_checkpoint, rollout_state_file
+from opo_trl.checkpoints import last_complete_checkpoint, resolve_resume_from_checkpoint
+from opo_trl.rollout_state import rollout_state_file
 from opo_trl.run import main
 
 from . import interruptible_run
@@ -136,7 +137,7 @@ def test_resume_mid_rollout_without_the_rollout_says_so(tmp_path, tiny_model_pat
     os.remove(rollout_state_file(checkpoint, 0, 1))  # as an older opo-trl saved it
     resumed = make_trainer(run, tiny_model_path, prompt_dataset, **{**MID_ROLLOUT, "max_steps": 4})
     resumed.train(resume_from_checkpoint=checkpoint)
-    messages = [r.getMessage() for r in caplog.records if r.name == "opo_trl.checkpoints"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "opo_trl.rollout_state"]
     assert len(messages) == 1 and "\n" not in messages[0]
     assert "saved in the middle of a rollout (micro-step 3 of 4) and holds no rollout_state.pt" in messages[0]
     # It generated a new rollout for step 4, where the uninterrupted run would have reused step 3's.
@@ -151,7 +152,7 @@ def test_resume_mid_rollout_with_other_rollout_settings_says_so(tmp_path, tiny_m
     changed = {**MID_ROLLOUT, "max_steps": 4, "num_iterations": 1}
     resumed = make_trainer(run, tiny_model_path, prompt_dataset, **changed)
     resumed.train(resume_from_checkpoint=str(run / "checkpoint-3"))
-    messages = [r.getMessage() for r in caplog.records if r.name == "opo_trl.checkpoints"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "opo_trl.rollout_state"]
     assert len(messages) == 1
     assert "holds a rollout in progress that this run cannot continue (num_iterations 2 -> 1)" in messages[0]
 

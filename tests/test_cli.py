@@ -73,7 +73,7 @@ def test_a_recipe_by_name_runs_the_training_job(monkeypatch, argv):
         (["train", "--config", "quickstart", "--algorithm", "dapoo"], "must be one of ['opo', 'grpo', 'dapo', 'gspo']. Did you mean 'dapo'?"),
         (["train", "--config", "quickstart", "--alpha", "2"], "alpha=2.0 is invalid; alpha must be a float in [0, 1)"),
         (["train", "--config", "quickstart", "--math_levels", "3"], "math_levels=[3] applies to dataset_name 'math' only"),
-        (["quickstart", "--dataset_name", "arithmetc"], "dataset_name='arithmetc' is not a built-in dataset (arithmetic, gsm8k, math, reasoning_gym/<task>) or a local path. Did you mean 'arithmetic'?"),
+        (["quickstart", "--dataset_name", "arithmetc"], "dataset_name='arithmetc' is not a built-in dataset (arithmetic, gsm8k, math, reasoning_gym/<task>) and not a local path. Did you mean 'arithmetic'?"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_without_a_traceback(capsys, monkeypatch, argv, message):
