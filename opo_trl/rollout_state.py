@@ -46,8 +46,9 @@ class RolloutCheckpointMixin:
     `_step` and the buffered rollout, every key of every micro-batch as it is (so keys a subclass adds, such as OPO's
     drive and `opo_mu`, come back too), with a format version and the config fields that shape a rollout. It is
     written with the RNG state, before `trainer_state.json`, so a checkpoint whose `trainer_state.json` is written
-    has it. On resume it is restored with the RNG state, before the first step. A checkpoint saved mid-rollout that has no
-    such file (an older format) or was saved with other rollout settings resumes with a new rollout, and says so.
+    has it. On resume it is restored with the RNG state, before the first step. A checkpoint saved mid-rollout that
+    has no such file (an older format) or was saved with other rollout settings resumes with a new rollout, and says
+    so.
     """
 
     def _save_rng_state(self, output_dir: str) -> None:
