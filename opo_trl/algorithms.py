@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig, GRPOTrainer
 
 from .config import OPOConfig
+from .rollout_state import RolloutCheckpointMixin
 from .trainer import OPOTrainer
+
+
+class BaselineTrainer(RolloutCheckpointMixin, GRPOTrainer):
+    """TRL's `GRPOTrainer` unchanged, but for checkpoints that hold the pending rollout, as OPOTrainer's do."""
 
 
 @dataclass(frozen=True)
@@ -31,13 +36,13 @@ ALGORITHMS = {
     "opo": Algorithm("opo", OPOTrainer, OPOConfig),
     "grpo": Algorithm(
         "grpo",
-        GRPOTrainer,
+        BaselineTrainer,
         GRPOConfig,
         {"loss_type": "grpo", "scale_rewards": "group", "epsilon": 0.2, "epsilon_high": None},
     ),
     "dapo": Algorithm(
         "dapo",
-        GRPOTrainer,
+        BaselineTrainer,
         GRPOConfig,
         {
             "loss_type": "dapo",
@@ -50,7 +55,7 @@ ALGORITHMS = {
     ),
     "gspo": Algorithm(
         "gspo",
-        GRPOTrainer,
+        BaselineTrainer,
         GRPOConfig,
         {
             "importance_sampling_level": "sequence",

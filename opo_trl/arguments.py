@@ -33,6 +33,12 @@ def _recipes_dir():
 RECIPES_DIR = _recipes_dir()
 
 
+def recipes_location() -> str:
+    """The folder of the shipped recipes on disk (from a wheel they are a namespace package, not a plain path)."""
+    entry = next((e for e in RECIPES_DIR.iterdir() if e.name.endswith(".yaml")), None)
+    return str(Path(str(entry)).parent) if entry is not None else str(RECIPES_DIR)
+
+
 def shipped_recipes() -> dict[str, str]:
     """Name -> first comment line of every recipe shipped with the package."""
     recipes = {}

@@ -1,6 +1,6 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 """
-Finding the checkpoint to resume from after a run was interrupted.
+Finding the checkpoint to resume from after a run was interrupted, and what to tell the user when it is.
 
 `transformers.Trainer` writes a `checkpoint-N` folder in order: model, optimizer, scheduler, RNG state, and
 `trainer_state.json` last. A run killed while saving leaves a folder without (or with a truncated)
@@ -89,3 +89,58 @@ def resolve_resume_from_checkpoint(value: str | bool | None, output_dir: str | o
             )
         return checkpoint
     return value
+
+
+def interrupted_message(output_dir: str, created: bool, save_strategy: str, resume_command: list[str]) -> str:
+    """
+    The one line `opo-trl` prints when a run is interrupted (Ctrl-C): where its last checkpoint is and the command
+    that resumes from it, or that there is none and how to make a run resumable.
+
+    A run folder that this run created and that holds no complete checkpoint is removed: it could not be resumed,
+    and a later run with the same `output_dir` would otherwise start beside its leftovers.
+
+    Args:
+        output_dir (`str`):
+            The run's `output_dir`.
+        created (`bool`):
+            Whether `output_dir` did not exist before this run started.
+        save_strategy (`str`):
+            The run's `save_strategy`.
+        resume_command (`list[str]`):
+            The interrupted command line, without any `--resume_from_checkpoint`.
+    """
+    import shlex
+    import shutil
+
+    checkpoint = last_complete_checkpoint(output_dir)
+    if checkpoint is not None:
+        with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
+            state = json.load(f)
+        command = shlex.join([*resume_command, "--resume_from_checkpoint", "last"])
+        return (
+            f"interrupted; the last checkpoint is {checkpoint} (step {state.get('global_step')} of "
+            f"{state.get('max_steps')}). Resume with: {command}"
+        )
+    removed = ""
+    if created and os.path.isdir(output_dir):
+        shutil.rmtree(output_dir, ignore_errors=True)
+        removed = f" (removed {output_dir}, which it created)"
+    if getattr(save_strategy, "value", save_strategy) == "no":
+        return (
+            f"interrupted; this run saves no checkpoints (save_strategy: no), so there is nothing to resume{removed}. "
+            "To make a run resumable: --save_strategy steps --save_steps N."
+        )
+    return f"interrupted before its first checkpoint, so there is nothing to resume{removed}."
+
+
+def without_resume_option(argv: list[str]) -> list[str]:
+    """`argv` without `--resume_from_checkpoint VALUE` (or `=VALUE`)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--resume_from_checkpoint":
+            skip = True
+        elif not arg.startswith("--resume_from_checkpoint="):
+            out.append(arg)
+    return out

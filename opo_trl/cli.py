@@ -40,16 +40,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(command: str, rest: list[str]) -> int:
+    original_command, original_rest = command, list(rest)
     if command == "compare":
         from .compare import main as compare_main
 
         return compare_main(rest)
     if command == "recipes":
-        from .arguments import RECIPES_DIR, shipped_recipes
+        from .arguments import recipes_location, shipped_recipes
 
         for name, description in shipped_recipes().items():
             print(f"{name:34s} {description}")
-        print(f"\n(in {RECIPES_DIR}; run one with `opo-trl train --config NAME`)")
+        print(f"\n(in {recipes_location()}; run one with `opo-trl train --config NAME`)")
         return 0
     if command == "quickstart":
         rest = ["--config", "quickstart", *rest]
@@ -63,19 +64,41 @@ def _dispatch(command: str, rest: list[str]) -> int:
         make_parser(ALGORITHMS["opo"].config_cls).print_help()
         return 0
     from .arguments import parse_command
-    from .run import exit_launched_process, train
+    from .run import exit_launched_process, quiet_library_deprecations, train
 
     parsed = parse_command(rest)
-    if parsed.launch_args and not _launched():
-        _launch(parsed.launch_args, parsed.train_argv)
-        return 0
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    summary = train(parsed.script_args, parsed.training_args, parsed.model_args, parsed.dataset_args)
+    output_dir = parsed.training_args.output_dir
+    created = not os.path.exists(output_dir)
+    try:
+        if parsed.launch_args and not _launched():
+            _launch(parsed.launch_args, parsed.train_argv)
+            return 0
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        quiet_library_deprecations()
+        summary = train(parsed.script_args, parsed.training_args, parsed.model_args, parsed.dataset_args)
+    except KeyboardInterrupt:
+        # Ctrl-C: one line with the way back in, not the traceback of wherever training happened to be.
+        from .checkpoints import interrupted_message, without_resume_option
+
+        if int(os.environ.get("RANK", "0")) == 0:
+            _close_progress_bars()
+            command = ["opo-trl", original_command, *without_resume_option(original_rest)]
+            message = interrupted_message(output_dir, created, parsed.training_args.save_strategy, command)
+            print(f"\nopo-trl: {message}", file=sys.stderr)
+        return 130
     import json
 
     print(json.dumps(summary, indent=2))
     exit_launched_process()
     return 0
+
+
+def _close_progress_bars() -> None:
+    """Close the progress bars an interrupted run left open, so that they do not redraw after the last message."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", [])):
+        bar.close()
 
 
 def _launched() -> bool:

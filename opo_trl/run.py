@@ -63,6 +63,9 @@ def load_datasets(script_args, dataset_args, seed: int):
     for name in changed_fields(script_args, DATASET_ARGUMENTS):
         kinds = DATASET_ARGUMENTS[name]
         if kind not in kinds:
+            # A misspelt built-in name reads as a hub id: the name is the mistake to report, not the option.
+            if kind == "hub":
+                _check_not_a_misspelled_builtin(script_args.dataset_name)
             raise ValueError(
                 f"{name}={getattr(script_args, name)!r} applies to dataset_name {' or '.join(map(repr, kinds))} only, "
                 f"not to {script_args.dataset_name if kind != 'mixture' else 'a dataset mixture'!r}; remove it."
@@ -103,6 +106,20 @@ def load_datasets(script_args, dataset_args, seed: int):
         levels = script_args.math_levels
         return load_math(train_split, levels), {"test": load_math(test_split, levels)}
     return _load_hub_dataset(script_args)
+
+
+def _check_not_a_misspelled_builtin(name: str) -> None:
+    """Raise if `name`, not a path, is close to a built-in dataset's name, saying which one."""
+    import difflib
+
+    if os.path.exists(name):
+        return
+    close = difflib.get_close_matches(name, ["arithmetic", "gsm8k", "math"], n=1)
+    if close:
+        raise ValueError(
+            f"dataset_name={name!r} is not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and not a local "
+            f"path. Did you mean {close[0]!r}?"
+        )
 
 
 def _load_hub_dataset(script_args):
@@ -438,16 +455,33 @@ def write_run_files(log_history: list[dict], summary: dict, output_dir: str) -> 
     return paths
 
 
+def quiet_library_deprecations() -> None:
+    """
+    Hide the deprecation warnings that TRL's own code raises in transformers 5.x on every run: the user can do nothing
+    about them. (`gradient_checkpointing` in a recipe is the user's and still warns; the shipped recipes use
+    `activation_checkpointing`.)
+    """
+    import warnings
+
+    # TRL 1.16 reads `model.is_gradient_checkpointing` when it generates (trl.models.utils).
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Parse `opo-trl train` arguments and run the job; prints and returns the summary."""
     from .arguments import parse_train_args
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_library_deprecations()
     summary = train(*parse_train_args(sys.argv[1:] if argv is None else argv))
     print(json.dumps(summary, indent=2))
     return summary
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # A launched process: the `opo-trl` process that launched it says where the run stands.
+        sys.exit(130)
     exit_launched_process()

@@ -21,10 +21,11 @@ from .core import (
     softmax_mixture_drive,
     trust_region_mu,
 )
+from .rollout_state import RolloutCheckpointMixin
 from .validation import validate_dataset
 
 
-class OPOTrainer(GRPOTrainer):
+class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
     """
     Trainer for Orthogonalized Policy Optimization (OPO).
 

@@ -52,3 +52,17 @@ def make_trainer(model_path: str, output_dir: str, marked: bool = True) -> OPOTr
 if __name__ == "__main__":
     model_path, output_dir = sys.argv[1:3]
     make_trainer(model_path, output_dir).train()
+
+
+def marked_reward(completions, **kwargs):
+    """
+    A reward for `opo-trl train` runs under test (`reward_funcs: [tests.interruptible_run.marked_reward]`): call n
+    writes `$OPO_TRL_TEST_MARKERS/reward-call-<n>` and, from call `$OPO_TRL_TEST_WAIT_AT` on, waits for a signal.
+    """
+    import os
+
+    marked_reward.calls = getattr(marked_reward, "calls", 0) + 1
+    Path(os.environ["OPO_TRL_TEST_MARKERS"], f"reward-call-{marked_reward.calls}").touch()
+    if marked_reward.calls >= int(os.environ["OPO_TRL_TEST_WAIT_AT"]):
+        time.sleep(WAIT_S)
+    return [float(len(set(c if isinstance(c, str) else c[-1]["content"]))) / 8 for c in completions]

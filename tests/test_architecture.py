@@ -9,7 +9,7 @@ import pytest
 
 
 PACKAGE = Path(__file__).resolve().parents[1] / "opo_trl"
-ALGORITHM = {"core", "config", "trainer", "validation"}
+ALGORITHM = {"core", "config", "trainer", "validation", "rollout_state"}
 
 
 def internal_imports() -> dict[str, set[str]]:
@@ -31,7 +31,8 @@ def test_the_algorithm_imports_nothing_of_the_harness():
     graph = internal_imports()
     assert graph["core"] == set()
     assert graph["config"] == {"core"}
-    assert graph["trainer"] == {"config", "core", "validation"}
+    assert graph["trainer"] == {"config", "core", "validation", "rollout_state"}
+    assert graph["rollout_state"] == set()
     for module in ALGORITHM:
         assert graph[module] <= ALGORITHM, f"{module} imports {graph[module] - ALGORITHM}"
 

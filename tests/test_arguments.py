@@ -1,12 +1,14 @@
 """Recipes and command-line values read into TRL's dataclasses: overrides, the algorithm switch, errors."""
 
+import warnings
+
 import pytest
 import torch
 from trl import GRPOConfig
 
 from opo_trl import OPOConfig
 from opo_trl.algorithms import ALGORITHMS
-from opo_trl.arguments import RECIPES_DIR, parse_train_args
+from opo_trl.arguments import RECIPES_DIR, parse_command, parse_train_args, shipped_recipes
 
 from .conftest import tiny_recipe, write_recipe
 
@@ -77,3 +79,34 @@ def test_invalid_algorithm_and_missing_recipe(tmp_path):
         parse_train_args(["--config", write_recipe(tmp_path, tiny_recipe(tmp_path, "m")), "--algorithm", "ppo"])
     with pytest.raises(FileNotFoundError, match="Recipe not found"):
         parse_train_args(["--config", str(tmp_path / "nope.yaml")])
+
+
+@pytest.mark.parametrize("name", sorted(shipped_recipes()))
+def test_shipped_recipes_parse_without_a_warning(name):
+    # The GPU recipes set bf16: on a machine without one the config refuses it unless asked to use the CPU.
+    cpu = [] if torch.cuda.is_available() else ["--use_cpu", "true"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parse_command(["--config", name, *cpu])
+    assert [str(w.message) for w in caught] == []
+
+
+def test_the_deprecated_gradient_checkpointing_key_still_works(tmp_path):
+    # As in `trl grpo`: transformers maps it to activation_checkpointing, with its own FutureWarning.
+    recipe = write_recipe(tmp_path, {"use_cpu": True, "bf16": False, "gradient_checkpointing": True})
+    with pytest.warns(FutureWarning, match="`gradient_checkpointing` is deprecated"):
+        args = parse_command(["--config", recipe]).training_args
+    assert args.activation_checkpointing is True
+
+
+def test_trls_own_deprecation_warnings_are_hidden_from_a_run(tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    from opo_trl.run import quiet_library_deprecations
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_library_deprecations()
+        model.is_gradient_checkpointing  # what TRL 1.16 reads when it generates  # noqa: B018
+    assert caught == []

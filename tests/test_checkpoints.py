@@ -13,11 +13,13 @@ import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from opo_trl.algorithms import ALGORITHMS
 from opo_trl.checkpoints import last_complete_checkpoint, resolve_resume_from_checkpoint
+from opo_trl.rollout_state import rollout_state_file
 from opo_trl.run import main
 
 from . import interruptible_run
-from .conftest import make_trainer
+from .conftest import cpu_config_kwargs, distinct_chars_reward, make_trainer
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +71,90 @@ def test_resumed_run_matches_the_uninterrupted_run(tmp_path, tiny_model_path, pr
         for field, value in full_state[key].items():
             assert torch.equal(value, resumed_state[key][field]), (key, field)
     assert full.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()
+
+
+def make_algorithm_trainer(algorithm, output_dir, model, dataset, callbacks=None, **overrides):
+    """The trainer `opo-trl train --algorithm ALGORITHM` builds, on the tiny CPU settings."""
+    spec = ALGORITHMS[algorithm]
+    args = spec.config_cls(**cpu_config_kwargs(output_dir, **{**spec.settings, **overrides}))
+    return spec.trainer_cls(
+        model=model, reward_funcs=distinct_chars_reward, args=args, train_dataset=dataset, callbacks=callbacks
+    )
+
+
+def assert_same_training_state(full, resumed):
+    for name, p in full.model.named_parameters():
+        assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
+    full_state, resumed_state = optimizer_state(full), optimizer_state(resumed)
+    assert full_state.keys() == resumed_state.keys()
+    for key in full_state:
+        for field, value in full_state[key].items():
+            assert torch.equal(value, resumed_state[key][field]), (key, field)
+
+
+# Two optimizer steps per rollout, each rollout used twice: a rollout serves micro-steps 0-3, and checkpoint-3 is
+# saved with one micro-batch of it still to be used (step 4), before the next rollout is generated (step 5).
+MID_ROLLOUT = {
+    "max_steps": 5,
+    "steps_per_generation": 2,
+    "num_iterations": 2,
+    "save_strategy": "steps",
+    "save_steps": 3,
+    "max_completion_length": 4,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ["opo", "grpo"])
+def test_resume_mid_rollout_matches_the_uninterrupted_run(tmp_path, tiny_model_path, prompt_dataset, algorithm):
+    full = make_algorithm_trainer(algorithm, tmp_path / "full", tiny_model_path, prompt_dataset, **MID_ROLLOUT)
+    full.train()
+
+    run = tmp_path / "run"
+    stopped = make_algorithm_trainer(
+        algorithm, run, tiny_model_path, prompt_dataset, callbacks=[StopAt(3)], **MID_ROLLOUT
+    )
+    stopped.train()
+    checkpoint = last_complete_checkpoint(run)
+    assert checkpoint == str(run / "checkpoint-3")
+    assert os.path.isfile(rollout_state_file(checkpoint, 0, 1))
+
+    resumed = make_algorithm_trainer(algorithm, run, tiny_model_path, prompt_dataset, **MID_ROLLOUT)
+    resumed.train(resume_from_checkpoint=checkpoint)
+    assert resumed.state.global_step == 5
+    # Step 4 used the saved rollout: the resumed run generated once (step 5), as the uninterrupted run did after step 3.
+    rewards = [[e["reward"] for e in t.state.log_history if "reward" in e] for t in (full, resumed)]
+    assert len(rewards[0]) == 2 and rewards[0] == rewards[1]
+    assert_same_training_state(full, resumed)
+
+
+@pytest.mark.slow
+def test_resume_mid_rollout_without_the_rollout_says_so(tmp_path, tiny_model_path, prompt_dataset, caplog):
+    run = tmp_path / "run"
+    stopped = make_trainer(run, tiny_model_path, prompt_dataset, callbacks=[StopAt(3)], **MID_ROLLOUT)
+    stopped.train()
+    checkpoint = str(run / "checkpoint-3")
+    os.remove(rollout_state_file(checkpoint, 0, 1))  # as an older opo-trl saved it
+    resumed = make_trainer(run, tiny_model_path, prompt_dataset, **{**MID_ROLLOUT, "max_steps": 4})
+    resumed.train(resume_from_checkpoint=checkpoint)
+    messages = [r.getMessage() for r in caplog.records if r.name == "opo_trl.rollout_state"]
+    assert len(messages) == 1 and "\n" not in messages[0]
+    assert "saved in the middle of a rollout (micro-step 3 of 4) and holds no rollout_state.pt" in messages[0]
+    # It generated a new rollout for step 4, where the uninterrupted run would have reused step 3's.
+    assert [e["step"] for e in resumed.state.log_history if "reward" in e] == [1, 4]
+
+
+@pytest.mark.slow
+def test_resume_mid_rollout_with_other_rollout_settings_says_so(tmp_path, tiny_model_path, prompt_dataset, caplog):
+    run = tmp_path / "run"
+    stopped = make_trainer(run, tiny_model_path, prompt_dataset, callbacks=[StopAt(3)], **MID_ROLLOUT)
+    stopped.train()
+    changed = {**MID_ROLLOUT, "max_steps": 4, "num_iterations": 1}
+    resumed = make_trainer(run, tiny_model_path, prompt_dataset, **changed)
+    resumed.train(resume_from_checkpoint=str(run / "checkpoint-3"))
+    messages = [r.getMessage() for r in caplog.records if r.name == "opo_trl.rollout_state"]
+    assert len(messages) == 1
+    assert "holds a rollout in progress that this run cannot continue (num_iterations 2 -> 1)" in messages[0]
 
 
 @pytest.mark.slow

@@ -26,6 +26,28 @@ def test_recipes_lists_the_shipped_recipes(capsys):
     for name in shipped_recipes():
         assert name in out
     assert "opo-trl quickstart" in shipped_recipes()["quickstart"]  # the recipe's first comment line
+    # Where they are, as a folder one can open (from a wheel, RECIPES_DIR is a namespace package's MultiplexedPath).
+    folder = out.strip().splitlines()[-1].removeprefix("(in ").split(";")[0]
+    assert Path(folder, "quickstart.yaml").is_file()
+
+
+def test_recipe_descriptions_are_whole_sentences_and_baselines_name_no_opo_setting():
+    from opo_trl.arguments import load_recipe, opo_only_fields
+
+    for name, description in shipped_recipes().items():
+        assert description.endswith("."), (name, description)
+        if load_recipe(name).get("algorithm", "opo") != "opo":
+            words = set(description.replace(",", " ").split())
+            assert not words & opo_only_fields(), (name, description)
+
+
+def test_quickstart_saves_a_checkpoint_every_few_steps_by_default():
+    from opo_trl.arguments import parse_command
+
+    args = parse_command(["--config", "quickstart"]).training_args
+    assert args.save_strategy == "steps" and args.save_total_limit == 1
+    # At a rollout boundary, and more than once in the run.
+    assert args.save_steps % args.steps_per_generation == 0 and args.max_steps // args.save_steps >= 2
 
 
 def capture_train(monkeypatch):
@@ -51,6 +73,7 @@ def test_a_recipe_by_name_runs_the_training_job(monkeypatch, argv):
         (["train", "--config", "quickstart", "--algorithm", "dapoo"], "must be one of ['opo', 'grpo', 'dapo', 'gspo']. Did you mean 'dapo'?"),
         (["train", "--config", "quickstart", "--alpha", "2"], "alpha=2.0 is invalid; alpha must be a float in [0, 1)"),
         (["train", "--config", "quickstart", "--math_levels", "3"], "math_levels=[3] applies to dataset_name 'math' only"),
+        (["quickstart", "--dataset_name", "arithmetc"], "dataset_name='arithmetc' is not a built-in dataset (arithmetic, gsm8k, math, reasoning_gym/<task>) and not a local path. Did you mean 'arithmetic'?"),
     ],
 )  # fmt: skip
 def test_errors_are_one_line_without_a_traceback(capsys, monkeypatch, argv, message):
@@ -113,3 +136,76 @@ def test_train_on_two_processes_through_accelerate_config(tmp_path, tiny_model_p
     assert result.stdout.count('"algorithm": "opo"') == 2
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2 and any("opo/drive/abs_mean" in m for m in metrics)
+
+
+def interrupt_cli_run(tmp_path, recipe, wait_at):
+    """Run `opo-trl train --config RECIPE` and press Ctrl-C once its reward function is called for the `wait_at`-th time."""
+    import os
+    import signal
+    import subprocess
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
+           "OPO_TRL_TEST_MARKERS": str(markers), "OPO_TRL_TEST_WAIT_AT": str(wait_at)}  # fmt: skip
+    command = [sys.executable, "-m", "opo_trl.cli", "train", "--config", recipe]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (markers / f"reward-call-{wait_at}").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            try:
+                proc.wait(timeout=0.05)
+            except subprocess.TimeoutExpired:
+                pass
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_resumes(tmp_path, tiny_model_path):
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path,
+        tiny_recipe(tmp_path, tiny_model_path, reward_funcs=["tests.interruptible_run.marked_reward"], max_steps=3,
+                    steps_per_generation=2, save_strategy="steps", save_steps=1),
+    )  # fmt: skip
+    # The second reward call is step 3's rollout (one rollout serves two steps): checkpoint-2 is complete.
+    returncode, err = interrupt_cli_run(tmp_path, recipe, wait_at=2)
+    assert returncode == 130 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    command = f"opo-trl train --config {recipe} --resume_from_checkpoint last"
+    assert line == (
+        f"opo-trl: interrupted; the last checkpoint is {out / 'checkpoint-2'} (step 2 of 3). Resume with: {command}"
+    )
+    # That command resumes (here with a reward that does not wait) and finishes the run.
+    calls = []
+    import opo_trl.run
+
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(opo_trl.run, "train", lambda *args: calls.append(args) or {"ok": True})
+    with monkeypatch.context():
+        assert cli.main(command.split()[1:]) == 0
+    monkeypatch.undo()
+    assert calls[0][1].resume_from_checkpoint == "last"
+
+
+@pytest.mark.slow
+def test_ctrl_c_without_a_checkpoint_says_how_to_make_runs_resumable(tmp_path, tiny_model_path):
+    out = tmp_path / "out"
+    recipe = write_recipe(
+        tmp_path,
+        tiny_recipe(tmp_path, tiny_model_path, reward_funcs=["tests.interruptible_run.marked_reward"],
+                    heldout_eval=True),
+    )  # fmt: skip
+    returncode, err = interrupt_cli_run(tmp_path, recipe, wait_at=1)
+    assert returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "opo-trl: interrupted; this run saves no checkpoints (save_strategy: no), so there is nothing to resume "
+        f"(removed {out}, which it created). To make a run resumable: --save_strategy steps --save_steps N."
+    )
+    assert not out.exists()  # the held-out evaluation had written into it

@@ -96,3 +96,25 @@ def test_softmax_mixture_refresh_does_not_depend_on_the_process_count(tmp_path, 
     assert len(one["losses"]) == len(two["losses"]) == 2
     assert two["losses"][1] == pytest.approx(one["losses"][1], rel=1e-3, abs=1e-6)
     torch.testing.assert_close(torch.tensor(two["params"]), torch.tensor(one["params"]), atol=5e-5, rtol=1e-4)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_resume_mid_rollout_to_the_uninterrupted_parameters(tmp_path, tiny_model_path):
+    script = SCRIPT.parent / "resume.py"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(script.parents[2]),
+    }
+    for out, mode in (("full", "full"), ("run", "stop"), ("run", "resume")):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(free_port()), str(script), str(tmp_path / out), tiny_model_path, mode]  # fmt: skip
+        result = run_distributed(command, env)
+        assert result.returncode == 0, failure_report(result)
+    # One rollout file per process, each process's own micro-batches.
+    checkpoint = tmp_path / "run" / "checkpoint-3"
+    assert sorted(p.name for p in checkpoint.glob("rollout_state*")) == ["rollout_state_0.pt", "rollout_state_1.pt"]
+    for rank in (0, 1):
+        full = (tmp_path / "full" / f"params-{rank}-full.txt").read_text()
+        assert (tmp_path / "run" / f"params-{rank}-resume.txt").read_text() == full

@@ -53,6 +53,9 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, tiny_model_pat
     assert "usage: opo-trl" in opo_trl("--help")
     listed = opo_trl("recipes")
     assert "quickstart" in listed and str(site) in listed
+    # The folder itself, one can open (from a wheel the recipes are a namespace package: no MultiplexedPath repr).
+    folder = listed.strip().splitlines()[-1].removeprefix("(in ").split(";")[0]
+    assert Path(folder, "quickstart.yaml").is_file() and "MultiplexedPath" not in listed
     out = opo_trl("train", "--config", "quickstart", "--model_name_or_path", tiny_model_path, "--max_steps", "1",
                   "--num_train_samples", "8", "--num_test_samples", "4", "--per_device_train_batch_size", "8",
                   "--max_completion_length", "8", "--output_dir", "run")  # fmt: skip
