@@ -157,6 +157,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     from .rewards import answer_checker, get_reward_function
     from .trainer import OPOTrainer
     from .validation import validate_dataset
+    from .vllm_cpu import cpu_colocate
 
     algorithm = ALGORITHMS[script_args.algorithm]
     # Resolved first: a resume that cannot happen should fail before any data or model loads.
@@ -202,15 +203,17 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     model_init_kwargs.update(training_args.model_init_kwargs or {})
     training_args.model_init_kwargs = model_init_kwargs
 
-    trainer = algorithm.trainer_cls(
-        model=model_id,
-        reward_funcs=reward_funcs,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        quantization_config=quantization_config,
-        peft_config=get_peft_config(model_args),
-    )
+    # GRPOTrainer and the baselines get vLLM's CPU weight sync here; OPOTrainer sets it up itself.
+    with cpu_colocate(training_args):
+        trainer = algorithm.trainer_cls(
+            model=model_id,
+            reward_funcs=reward_funcs,
+            args=training_args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            quantization_config=quantization_config,
+            peft_config=get_peft_config(model_args),
+        )
     if script_args.ignore_bias_buffers:
         # torch DDP cannot broadcast boolean buffers (e.g. attention masks): leave them out, as TRL's scripts do.
         trainer.model._ddp_params_and_buffers_to_ignore = [

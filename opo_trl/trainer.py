@@ -23,6 +23,7 @@ from .core import (
 )
 from .rollout_state import RolloutCheckpointMixin
 from .validation import validate_dataset
+from .vllm_cpu import cpu_colocate
 
 
 class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
@@ -105,22 +106,24 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         require_prompt = environment_factory is None
         validate_dataset(train_dataset, reward_funcs, "train", require_prompt=require_prompt)
         validate_dataset(eval_dataset, reward_funcs, "eval", require_prompt=require_prompt)
-        super().__init__(
-            model,
-            reward_funcs,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            reward_processing_classes=reward_processing_classes,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            tools=tools,
-            rollout_func=rollout_func,
-            environment_factory=environment_factory,
-        )
+        # vLLM on a CPU (use_vllm and use_cpu) needs its own weight sync: opo_trl.vllm_cpu.
+        with cpu_colocate(args):
+            super().__init__(
+                model,
+                reward_funcs,
+                args=args,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                reward_processing_classes=reward_processing_classes,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                tools=tools,
+                rollout_func=rollout_func,
+                environment_factory=environment_factory,
+            )
         # The completions table's Delta column: row of the last rollout -> Delta at the micro-batch that used it.
         self._opo_delta_by_row = {}
         _warn_where_opo_does_less(self)
