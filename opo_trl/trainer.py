@@ -229,25 +229,14 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         """Recompute the softmax-mixture drive of the buffered rollout from the policy's current log-ratios."""
         chunks = self._buffered_inputs
         deltas = []
-        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
-            for chunk in chunks:
-                if chunk.get("old_per_token_logps") is None:
-                    raise RuntimeError("escort_form='softmax_mixture' reuses a rollout without its old log-probs.")
-                input_ids = torch.cat([chunk["prompt_ids"], chunk["completion_ids"]], dim=1)
-                attention_mask = torch.cat([chunk["prompt_mask"], chunk["completion_mask"]], dim=1)
-                logps, _, _ = self._get_per_token_logps_and_entropies(
-                    self.model,
-                    input_ids,
-                    attention_mask,
-                    chunk["completion_ids"].size(1),
-                    batch_size=self.args.per_device_train_batch_size,
-                    **{key: chunk[key] for key in MULTIMODAL_KEYS if key in chunk},
-                )
-                deltas.append(
-                    sequence_log_ratio(
-                        logps, chunk["old_per_token_logps"], _loss_mask(chunk), self.args.log_ratio_aggregation
-                    )
-                )
+        for chunk in chunks:
+            if chunk.get("old_per_token_logps") is None:
+                raise RuntimeError("escort_form='softmax_mixture' reuses a rollout without its old log-probs.")
+            logps = self._current_logps(chunk, self.args.per_device_train_batch_size)
+            mask = _loss_mask(chunk)
+            deltas.append(
+                sequence_log_ratio(logps, chunk["old_per_token_logps"], mask, self.args.log_ratio_aggregation)
+            )
         local = torch.stack(
             [
                 torch.cat([c["opo_row"].to(deltas[0].dtype) for c in chunks]),
@@ -271,18 +260,22 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         # trainer's own log-probs at generation time, the same pi_k that Delta is measured against.
         if output.get("old_per_token_logps") is not None:
             return output["old_per_token_logps"]
-        # Otherwise the policy has not moved since generation: one no-grad forward, with the parent's own helper.
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        # Otherwise the policy has not moved since generation: one no-grad forward.
         batch_size = self.args.per_device_train_batch_size if mode == "train" else self.args.per_device_eval_batch_size
+        return self._current_logps(output, batch_size)
+
+    def _current_logps(self, batch, batch_size):
+        """Token log-probs of a batch's completions under the current policy: one no-grad forward, TRL's own helper."""
+        input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+        attention_mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
         with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
             logps, _, _ = self._get_per_token_logps_and_entropies(
                 self.model,
                 input_ids,
                 attention_mask,
-                output["completion_ids"].size(1),
+                batch["completion_ids"].size(1),
                 batch_size=batch_size,
-                **{key: output[key] for key in MULTIMODAL_KEYS if key in output},
+                **{key: batch[key] for key in MULTIMODAL_KEYS if key in batch},
             )
         return logps
 
