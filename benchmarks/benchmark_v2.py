@@ -9,7 +9,7 @@ confidence intervals. The phases, in order:
     python benchmarks/benchmark_v2.py variants [--jobs 2]  # OPO's own options: escort forms, mu_target_chi2
     python benchmarks/benchmark_v2.py report               # tables, paired statistics and plots into docs/
 
-Every run is `python -m opo_trl.run --config recipes/benchmark_<task>.yaml --algorithm A --seed S ...` in its own
+Every run is `python -m opo_trl.harness.run --config benchmarks/recipes/benchmark_<task>.yaml --algorithm A --seed S ...` in its own
 process. A run's small raw files (summary.json, metrics.jsonl, heldout.jsonl) are copied to
 `docs/benchmark_v2/runs/<phase>/<task>/<run>/` as soon as it finishes and, with `--commit`, committed; a finished run
 (its raw files present there) is never run again, so an interrupted phase resumes where it stopped. Runs of the same
@@ -28,10 +28,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from opo_trl.harness.runfiles import RunFiles
+
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmark_v2"
-RAW_FILES = ("summary.json", "metrics.jsonl", "heldout.jsonl")
 
 TASKS = ("chain_sum", "basic_arithmetic")
 TUNE_TASK = "chain_sum"
@@ -96,11 +97,11 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return (self.docs_dir / "summary.json").exists()
+        return RunFiles(self.docs_dir).finished
 
 
 def recipe(task: str) -> Path:
-    return REPO / "recipes" / f"benchmark_{task}.yaml"
+    return REPO / "benchmarks" / "recipes" / f"benchmark_{task}.yaml"
 
 
 def tune_runs() -> list[Run]:
@@ -120,8 +121,8 @@ def chosen_learning_rates() -> dict[str, float]:
             raise SystemExit(
                 f"tuning is not finished ({run.key} of {run.task} is missing): run the `tune` phase first"
             )
-        summary = json.loads((run.docs_dir / "summary.json").read_text())
-        scores.setdefault((run.algorithm, run.learning_rate), []).append(summary["heldout_accuracy_after"])
+        summary = RunFiles(run.docs_dir).read_summary()
+        scores.setdefault((run.algorithm, run.learning_rate), []).append(summary.heldout_accuracy_after)
     chosen = {}
     for algorithm in TUNE_ALGORITHMS:
         means = {lr: sum(scores[algorithm, lr]) / len(scores[algorithm, lr]) for lr in LEARNING_RATES}
@@ -153,7 +154,7 @@ def variant_runs(rates: dict[str, float] | None = None) -> list[Run]:
 
 
 def command(run: Run, work_root: Path, before_from: Path | None) -> list[str]:
-    args = [sys.executable, "-m", "opo_trl.run", "--config", str(recipe(run.task)), "--algorithm", run.algorithm,
+    args = [sys.executable, "-m", "opo_trl.harness.run", "--config", str(recipe(run.task)), "--algorithm", run.algorithm,
             "--seed", str(run.seed), "--learning_rate", str(run.learning_rate),
             "--output_dir", str(run.work_dir(work_root))]  # fmt: skip
     for key, value in run.overrides.items():
@@ -171,7 +172,8 @@ def evaluated_before(run: Run, work_root: Path) -> Path | None:
     phases = [run.phase] + (["main"] if run.phase == "variants" else [])
     for phase in phases:
         for sibling in sorted((DOCS / "runs" / phase / run.task).glob(f"*-seed{run.seed}")):
-            if (sibling / "heldout.jsonl").exists() and (sibling / "summary.json").exists():
+            files = RunFiles(sibling)
+            if files.finished and files.heldout_path.exists():
                 return sibling
     return None
 
@@ -193,19 +195,13 @@ def execute(run: Run, work_root: Path, threads: int, commit: bool, log) -> None:
             f"FAILED {run.phase}/{run.task}/{run.key} after {wall:.0f} s (exit {process.returncode}): see {work}/run.log"
         )
         return
-    run.docs_dir.mkdir(parents=True, exist_ok=True)
-    for name in RAW_FILES:
-        if (work / name).exists():
-            shutil.copy(work / name, run.docs_dir / name)
-    summary = json.loads((run.docs_dir / "summary.json").read_text())
-    summary.update(wall_seconds=wall, threads=threads, learning_rate=run.learning_rate, name=run.name,
-                   overrides=run.overrides, phase=run.phase, task=run.task)  # fmt: skip
-    summary.pop("metrics_file", None), summary.pop("reward_plot", None)
-    (run.docs_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    # The run's own files, as the job wrote them (its summary records its wall time and threads); the run's name,
+    # phase, task and overrides are its folder and this script's tables.
+    summary = RunFiles(work).copy_raw_files(run.docs_dir).read_summary()
     for path in work.glob("*.safetensors"):
         path.unlink()  # checkpoints are not raw results
-    log(f"done {run.phase}/{run.task}/{run.key} in {wall / 60:.1f} min: held-out {summary.get('heldout_accuracy_before'):.3f}"
-        f" -> {summary.get('heldout_accuracy_after'):.3f}")  # fmt: skip
+    log(f"done {run.phase}/{run.task}/{run.key} in {wall / 60:.1f} min: held-out {summary.heldout_accuracy_before:.3f}"
+        f" -> {summary.heldout_accuracy_after:.3f}")  # fmt: skip
     if commit:
         _commit(run)
 
@@ -271,14 +267,13 @@ def measure(work_root: Path) -> dict:
         with ThreadPoolExecutor(jobs) as pool:
             walls = list(pool.map(lambda r, root=root, threads=threads: _timed(r, root, threads), runs))
         for run, wall in zip(runs, walls, strict=True):
-            work = run.work_dir(root)
-            steps = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
-            step_times = [e["step_time"] for e in steps if "step_time" in e][1:]  # the first pays for warm-up
-            evals = [json.loads(line) for line in (work / "heldout.jsonl").read_text().splitlines()]
-            sequences = sum(e["problems"] * (len(e["sampled"][0]) + (e["greedy"] is not None)) for e in evals)
+            files = RunFiles(run.work_dir(root))
+            step_times = [e["step_time"] for e in files.read_metrics() if "step_time" in e][1:]  # the first: warm-up
+            evals = files.read_heldout()
+            sequences = sum(e.problems * (len(e.sampled[0]) + (e.greedy is not None)) for e in evals)
             figures[f"{run.algorithm}-jobs{jobs}"] = {
                 "seconds_per_step": sum(step_times) / len(step_times),
-                "eval_seconds_per_sequence": sum(e["seconds"] for e in evals) / sequences,
+                "eval_seconds_per_sequence": sum(e.seconds for e in evals) / sequences,
                 "wall_seconds": wall,
             }
         figures[f"jobs{jobs}_wall_seconds"] = time.perf_counter() - start
@@ -332,8 +327,8 @@ def plan(jobs: int) -> None:
 def report() -> str:
     """The tables of every finished phase, with intervals, and the plots, into `DOCS`; returns them as markdown."""
     sys.path.insert(0, str(REPO))
-    from opo_trl.compare import load_run, outcome_matrix, write_report
-    from opo_trl.stats import mean_ci, paired_difference
+    from opo_trl.harness.compare import load_run, outcome_matrix, write_report
+    from opo_trl.harness.stats import mean_ci, paired_difference
 
     sections = []
     tuned = [r for r in tune_runs() if r.done]
@@ -373,6 +368,8 @@ def report() -> str:
             sections.append(f"## Main table: {task}\n\n" + (out / "summary.md").read_text().split("\n", 2)[2])
             (out / "paper.md").write_text(paper_table(records))
             sections.append(f"## The paper's figures beside ours: {task}\n\n" + (out / "paper.md").read_text())
+            (out / "resampling.md").write_text(resampling_table(records))
+            sections.append(f"## Seeds or problems alone: {task}\n\n" + (out / "resampling.md").read_text())
     variants = [r for r in variant_runs_if_tuned() if r.done]
     if variants:
         default = [
@@ -390,12 +387,45 @@ def report() -> str:
     return text
 
 
+def resampling_table(records, reference: str = "opo") -> str:
+    """
+    OPO minus each baseline with both the seeds and the problems resampled (the benchmark's intervals) beside the
+    problems resampled alone (every seed kept once), and how far apart the seeds of one algorithm land.
+    """
+    from opo_trl.harness.compare import outcome_matrix
+    from opo_trl.harness.stats import paired_difference
+
+    by_name = {n: [r for r in records if r.name == n] for n in dict.fromkeys(r.name for r in records)}
+    ours = by_name.get(reference, [])
+    lines = [
+        f"| baseline | seeds | {reference} - baseline, seeds and problems [95% CI] | problems alone [95% CI] | "
+        f"{reference}'s seeds (min..max) | baseline's seeds (min..max) |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def spread(group, seeds):
+        values = [r.summary.heldout_accuracy_after for r in group if r.seed in seeds]
+        return f"{min(values):.3f}..{max(values):.3f}"
+
+    for name, theirs in by_name.items():
+        seeds = sorted({r.seed for r in ours} & {r.seed for r in theirs})
+        if name == reference or not seeds:
+            continue
+        a, b = outcome_matrix(ours, seeds), outcome_matrix(theirs, seeds)
+        both, alone = paired_difference(a, b), paired_difference(a, b, resample="problems")
+        lines.append(
+            f"| {name} | {len(seeds)} | {both.mean:+.3f} [{both.low:+.3f}, {both.high:+.3f}] | "
+            f"{alone.mean:+.3f} [{alone.low:+.3f}, {alone.high:+.3f}] | {spread(ours, seeds)} | {spread(theirs, seeds)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def paper_table(records) -> str:
     """The paper's figures beside ours for the same algorithms (`records`: the RunRecords of one task's main table)."""
     import numpy as np
 
-    from opo_trl.compare import late_steps, outcome_matrix, shared_steps, step_matrix
-    from opo_trl.stats import mean_ci
+    from opo_trl.harness.compare import late_steps, outcome_matrix, shared_steps, step_matrix
+    from opo_trl.harness.stats import mean_ci
 
     lines = [
         "| algorithm | paper: training reward, last 20 of 224 steps | ours: training reward, last quarter of 64 steps "
@@ -455,7 +485,7 @@ def variant_mechanics(records) -> str:
 
 def _early_late(group, key: str) -> str:
     """A logged figure at its first step -> its mean over the last quarter of the steps, each averaged over seeds."""
-    from opo_trl.compare import late_steps
+    from opo_trl.harness.compare import late_steps
 
     early, late = [], []
     for r in group:

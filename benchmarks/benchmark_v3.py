@@ -7,7 +7,7 @@ clipping allows GRPO and GSPO. Phases, in order:
     python benchmarks/benchmark_v3.py budget            # truncated fraction of the untrained model at 32/48/64 tokens
     python benchmarks/benchmark_v3.py runs [--jobs 2]   # every algorithm x K x seed, resumable, raw files committed
 
-It reuses benchmark v2's machinery (a run is `python -m opo_trl.run` in its own process; raw files are copied to
+It reuses benchmark v2's machinery (a run is `python -m opo_trl.harness.run` in its own process; raw files are copied to
 `docs/benchmark_v3/runs/` and committed as each run finishes; a finished run is never run again).
 
 How a rollout serves K steps: `num_iterations = K` with `steps_per_generation = 1` and one rollout of
@@ -96,10 +96,10 @@ def measure_budget(num_problems: int = 64, seed: int = 0) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from opo_trl.arguments import parse_command
-    from opo_trl.evaluation import _encode
-    from opo_trl.models import resolve_model
-    from opo_trl.run import load_datasets
+    from opo_trl.harness.arguments import parse_command
+    from opo_trl.harness.data import load_datasets
+    from opo_trl.harness.evaluation import _encode
+    from opo_trl.harness.models import resolve_model
 
     parsed = parse_command(["--config", str(v2.recipe(TASK)), "--output_dir", str(REPO / "runs" / "budget")])
     _, heldout = load_datasets(parsed.script_args, parsed.dataset_args, seed)

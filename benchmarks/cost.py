@@ -57,7 +57,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers.utils import logging as hf_logging
 
-from opo_trl.testing import model_path as resolve_model_path
+from opo_trl.harness.testing import model_path as resolve_model_path
 
 
 hf_logging.set_verbosity_error()
@@ -65,7 +65,8 @@ hf_logging.disable_progress_bar()
 
 # name -> config overrides. OPO variants (OPOTrainer, OPOConfig defaults plus these) and GRPO variants (GRPOTrainer).
 OPO_VARIANTS = {"opo": {}, "opo_ref_mean": {"escort_reference": "mean"}}
-LOSS_VARIANTS = {"opo": {}, "grpo_default": {}, "grpo_loss_grpo": {"loss_type": "grpo"}}
+# On the `grpo` algorithm's settings (loss_type "grpo"): grpo_default restores TRL's default loss_type, "dapo".
+LOSS_VARIANTS = {"grpo_default": {"loss_type": "dapo"}, "grpo_loss_grpo": {}}
 # escort_reference="mean" adds a no-grad forward at generation when the rollout is used once (as here).
 TRAIN_VARIANTS = ("opo", "opo_ref_mean", "grpo_default")
 
@@ -107,31 +108,19 @@ def prompt_dataset():
 
 
 def build_trainer(variant: str, model, workdir: str, args, **overrides):
-    from trl import GRPOConfig, GRPOTrainer
+    from opo_trl.harness.algorithms import tiny_trainer
 
-    from opo_trl import OPOConfig, OPOTrainer
-
-    kwargs = dict(
-        output_dir=str(Path(workdir) / variant),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=args.batch_size,
-        num_generations=args.num_generations,
-        max_completion_length=args.completion_length,
-        gradient_checkpointing=False,  # same for both; on a CPU recomputation would only add noise
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
-        seed=0,
-        **overrides,
+    # An OPO variant is OPO's settings plus its own; any other is GRPO's with its loss settings.
+    algorithm, settings = (
+        ("opo", OPO_VARIANTS[variant]) if variant in OPO_VARIANTS else ("grpo", LOSS_VARIANTS[variant])
     )
     with warnings.catch_warnings():  # TrainingArguments deprecation notices
         warnings.simplefilter("ignore")
-        if variant in OPO_VARIANTS:
-            config, trainer_cls = OPOConfig(**kwargs, **OPO_VARIANTS[variant]), OPOTrainer
-        else:
-            config, trainer_cls = GRPOConfig(**kwargs, **LOSS_VARIANTS[variant]), GRPOTrainer
-        return trainer_cls(model=model, reward_funcs=deterministic_reward, args=config, train_dataset=prompt_dataset())
+        return tiny_trainer(
+            algorithm, model, deterministic_reward, prompt_dataset(), Path(workdir) / variant,
+            per_device_train_batch_size=args.batch_size, num_generations=args.num_generations,
+            max_completion_length=args.completion_length, disable_tqdm=True, **settings, **overrides,
+        )  # fmt: skip
 
 
 def loss_inputs(trainer, args, variant: str) -> dict[str, torch.Tensor]:
@@ -175,7 +164,7 @@ def loaded_model(model_path: str):
 def measure_loss(args, model_path: str, workdir: str) -> dict:
     """(a): interleaved `_compute_loss` forward + backward of every variant on one shared model."""
     model = loaded_model(model_path)
-    trainers = {v: build_trainer(v, model, workdir, args) for v in LOSS_VARIANTS}
+    trainers = {v: build_trainer(v, model, workdir, args) for v in ("opo", *LOSS_VARIANTS)}
     inputs = {v: loss_inputs(t, args, v) for v, t in trainers.items()}
     for trainer in trainers.values():
         trainer.model.train()

@@ -42,7 +42,7 @@ def main():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from opo_trl.models import resolve_model
+    from opo_trl.harness.models import resolve_model
 
     path = resolve_model(args.model)
     tokenizer = AutoTokenizer.from_pretrained(path)

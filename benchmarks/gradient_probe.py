@@ -7,7 +7,7 @@ sees the same prompt and completion token ids, and is anchored to the same rollo
 the log-probs of the initial weights). Each then takes `--steps` plain SGD steps (same fixed learning rate, no
 gradient clipping, no momentum) on that batch, through its trainer's real `_compute_loss`:
 
-- GRPO, DAPO and GSPO: `trl.GRPOTrainer` with the baseline settings of `opo_trl.algorithms`. Their advantages are their own
+- GRPO, DAPO and GSPO: `trl.GRPOTrainer` with the baseline settings of `opo_trl.harness.algorithms`. Their advantages are their own
   group-centred rewards (divided by the group std where `scale_rewards` is `"group"`). Once a token's ratio leaves the
   clip range on the side its advantage pushes, its gradient is exactly zero: the objective stops responding however
   far the ratio goes.
@@ -50,8 +50,8 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import torch
 from transformers.utils import logging as hf_logging
 
-from opo_trl.algorithms import ALGORITHMS
-from opo_trl.testing import model_path as resolve_model_path
+from opo_trl.harness.algorithms import ALGORITHMS
+from opo_trl.harness.testing import model_path as resolve_model_path
 
 
 hf_logging.set_verbosity_error()
@@ -100,30 +100,20 @@ def parse_args(argv=None):
 
 def build_trainer(algorithm: str, model_path: str, workdir: str, batch_size: int, num_generations: int, args):
     from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
 
-    from opo_trl import OPOConfig, OPOTrainer
+    from opo_trl.harness.algorithms import tiny_trainer
 
-    common = dict(
-        output_dir=str(Path(workdir) / algorithm),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=batch_size,
-        num_generations=num_generations,
-        report_to="none",
-        save_strategy="no",
-        seed=0,
-    )
-    dataset = Dataset.from_dict({"prompt": list(PROMPTS) * 4})
+    if algorithm.startswith("opo"):
+        name, settings = "opo", {"alpha": args.alpha, "mu": float(algorithm.split("_mu")[1])}
+    else:
+        name, settings = "grpo", BASELINES[algorithm]
     with warnings.catch_warnings():  # TrainingArguments deprecation notices, not about this probe
         warnings.simplefilter("ignore")
-        if algorithm.startswith("opo"):
-            config = OPOConfig(**common, alpha=args.alpha, mu=float(algorithm.split("_mu")[1]))
-            trainer_cls = OPOTrainer
-        else:
-            config, trainer_cls = GRPOConfig(**common, **BASELINES[algorithm]), GRPOTrainer
-        return trainer_cls(model=model_path, reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-                           args=config, train_dataset=dataset)  # fmt: skip
+        return tiny_trainer(
+            name, model_path, lambda completions, **kw: [0.0] * len(completions),
+            Dataset.from_dict({"prompt": list(PROMPTS) * 4}), Path(workdir) / algorithm,
+            per_device_train_batch_size=batch_size, num_generations=num_generations, **settings,
+        )  # fmt: skip
 
 
 def build_batch(tokenizer) -> dict[str, torch.Tensor]:

@@ -23,10 +23,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from opo_trl.data import load_reasoning_gym, make_arithmetic_dataset  # noqa: E402
-from opo_trl.evaluation import evaluate_heldout  # noqa: E402
-from opo_trl.rewards import accuracy_reward, reasoning_gym_reward  # noqa: E402
-from opo_trl.testing import model_path  # noqa: E402
+from opo_trl.harness.data import load_reasoning_gym, make_arithmetic_dataset  # noqa: E402
+from opo_trl.harness.evaluation import evaluate_heldout  # noqa: E402
+from opo_trl.harness.rewards import accuracy_reward, reasoning_gym_reward  # noqa: E402
+from opo_trl.harness.testing import model_path  # noqa: E402
 
 
 # (name, task, options): small instances of the tasks RL-for-reasoning work uses, plus the addition preset.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from opo_trl.compare import run_comparison  # noqa: E402
+from opo_trl.harness.compare import run_comparison  # noqa: E402
 
 
 def main(argv=None):

@@ -26,10 +26,9 @@ def run_case(case, trainer_name, out):
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, Qwen2Config
-    from trl import GRPOConfig, GRPOTrainer
 
-    from opo_trl import OPOConfig, OPOTrainer
-    from opo_trl.testing import tiny_tokenizer
+    from opo_trl.harness.algorithms import tiny_trainer
+    from opo_trl.harness.testing import tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
     model_dir = Path(out) / "model-0.5b"
@@ -56,29 +55,16 @@ def run_case(case, trainer_name, out):
     def reward(completions, **kwargs):
         return [float(len(set(c))) / 10 for c in completions]
 
-    config_cls, trainer_cls = (OPOConfig, OPOTrainer) if trainer_name == "opo" else (GRPOConfig, GRPOTrainer)
-    args = config_cls(
-        output_dir=str(Path(out) / f"{case}-{trainer_name}"),
-        bf16=True,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        max_steps=STEPS,
-        learning_rate=1e-6,
-        per_device_train_batch_size=16,
-        num_generations=8,
-        gradient_accumulation_steps=2,
-        steps_per_generation=4,
-        max_completion_length=256,
-        gradient_checkpointing=True,
-        model_init_kwargs={"dtype": torch.bfloat16},
-    )
     peft_config = (
         LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM") if case == "lora" else None
     )
-    trainer = trainer_cls(
-        model=str(model_dir), reward_funcs=reward, args=args, train_dataset=dataset, peft_config=peft_config
-    )
+    # `trainer_name` is "opo" or "grpo": the algorithm table's trainer and settings, on the GPU in bf16.
+    trainer = tiny_trainer(
+        trainer_name, str(model_dir), reward, dataset, Path(out) / f"{case}-{trainer_name}", cpu=False,
+        trainer_kwargs={"peft_config": peft_config}, bf16=True, max_steps=STEPS, learning_rate=1e-6,
+        per_device_train_batch_size=16, num_generations=8, gradient_accumulation_steps=2, steps_per_generation=4,
+        max_completion_length=256, gradient_checkpointing=True, model_init_kwargs={"dtype": torch.bfloat16},
+    )  # fmt: skip
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     trainer.train()

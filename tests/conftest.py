@@ -7,7 +7,7 @@ import torch
 import yaml
 from datasets import Dataset
 
-from opo_trl.testing import save_tiny_model
+from opo_trl.harness.testing import save_tiny_model
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,39 +32,33 @@ def conversational_dataset():
     )
 
 
+# Small enough that a tiny model trains in well under a second a step on a CPU.
+TINY_SETTINGS = dict(
+    per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=2, learning_rate=1e-2
+)
+
+
 def cpu_config_kwargs(tmp_path, **overrides):
-    """Settings that make a tiny model train in well under a second a step on a CPU."""
-    kwargs = dict(
-        output_dir=str(tmp_path),
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=2,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
-    )
-    kwargs.update(overrides)
-    return kwargs
+    """Config fields of `make_trainer`'s trainer, for tests that build a config alone."""
+    from opo_trl.harness.algorithms import CPU_SETTINGS, QUIET_SETTINGS
+
+    return {"output_dir": str(tmp_path), **CPU_SETTINGS, **QUIET_SETTINGS, **TINY_SETTINGS, **overrides}
 
 
-def make_trainer(tmp_path, model, dataset, reward_funcs=None, peft_config=None, callbacks=None, **overrides):
-    """An OPOTrainer on the CPU settings above; `overrides` go to OPOConfig."""
-    from opo_trl import OPOConfig, OPOTrainer
+def make_trainer(
+    tmp_path, model, dataset, reward_funcs=None, peft_config=None, callbacks=None, algorithm="opo", **overrides
+):
+    """The trainer of `algorithm` (OPO by default) on the tiny CPU settings; `overrides` go to its config."""
+    from opo_trl.harness.algorithms import tiny_trainer
 
-    args = OPOConfig(**cpu_config_kwargs(tmp_path, **overrides))
-    return OPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs or distinct_chars_reward,
-        args=args,
-        train_dataset=dataset,
-        peft_config=peft_config,
-        callbacks=callbacks,
+    return tiny_trainer(
+        algorithm,
+        model,
+        reward_funcs or distinct_chars_reward,
+        dataset,
+        tmp_path,
+        trainer_kwargs={"peft_config": peft_config, "callbacks": callbacks},
+        **{**TINY_SETTINGS, **overrides},
     )
 
 

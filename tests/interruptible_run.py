@@ -14,9 +14,7 @@ from pathlib import Path
 
 from datasets import Dataset
 
-from opo_trl import OPOConfig, OPOTrainer
-
-from .conftest import cpu_config_kwargs
+from . import conftest
 
 
 MAX_STEPS = 4
@@ -38,15 +36,13 @@ def make_reward(output_dir: str | None, wait_s: float):
     return distinct_chars
 
 
-def make_trainer(model_path: str, output_dir: str, marked: bool = True) -> OPOTrainer:
-    args = OPOConfig(
-        **cpu_config_kwargs(
-            output_dir, max_steps=MAX_STEPS, max_completion_length=4, save_strategy="steps", save_steps=1
-        )
-    )
+def make_trainer(model_path: str, output_dir: str, marked: bool = True):
     dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(4) for b in range(4)]})
     reward = make_reward(output_dir if marked else None, WAIT_S)
-    return OPOTrainer(model=model_path, reward_funcs=reward, args=args, train_dataset=dataset)
+    return conftest.make_trainer(
+        output_dir, model_path, dataset, reward, max_steps=MAX_STEPS, max_completion_length=4,
+        save_strategy="steps", save_steps=1,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ import dataclasses
 import yaml
 from trl import GRPOConfig
 
-from opo_trl.algorithms import ALGORITHMS
-from opo_trl.arguments import RECIPES_DIR
+from opo_trl.harness.algorithms import ALGORITHMS
+from opo_trl.harness.arguments import RECIPES_DIR
 
 
 def test_baseline_recipes_differ_from_opo_only_in_the_algorithm():

@@ -1,19 +1,23 @@
 """Recipes and command-line values read into TRL's dataclasses: overrides, the algorithm switch, errors."""
 
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from trl import GRPOConfig
 
 from opo_trl import OPOConfig
-from opo_trl.algorithms import ALGORITHMS
-from opo_trl.arguments import RECIPES_DIR, parse_command, parse_train_args, shipped_recipes
+from opo_trl.harness.algorithms import ALGORITHMS
+from opo_trl.harness.arguments import RECIPES_DIR, parse_command, parse_train_args, shipped_recipes
 
 from .conftest import tiny_recipe, write_recipe
 
 
-RECIPES = sorted(p for p in RECIPES_DIR.glob("*.yaml"))
+# The shipped recipes and the benchmarks' own (benchmarks/recipes/, not shipped).
+RECIPES = sorted(
+    [*RECIPES_DIR.glob("*.yaml"), *(Path(__file__).resolve().parents[1] / "benchmarks" / "recipes").glob("*.yaml")]
+)
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
@@ -102,7 +106,7 @@ def test_the_deprecated_gradient_checkpointing_key_still_works(tmp_path):
 def test_trls_own_deprecation_warnings_are_hidden_from_a_run(tiny_model_path):
     from transformers import AutoModelForCausalLM
 
-    from opo_trl.run import quiet_library_deprecations
+    from opo_trl.harness.run import quiet_library_deprecations
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     with warnings.catch_warnings(record=True) as caught:

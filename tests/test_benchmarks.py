@@ -93,6 +93,8 @@ def test_sweep_writes_a_table_with_intervals(tmp_path, tiny_model_path):
 
 
 def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
+    from opo_trl.harness.runfiles import RunFiles, RunSummary
+
     bench = load_script("benchmark_v2")
     monkeypatch.setattr(bench, "DOCS", tmp_path)
     with pytest.raises(SystemExit, match="tuning is not finished"):
@@ -101,9 +103,10 @@ def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
     accuracy = {("opo", 3e-6): 0.2, ("opo", 1e-5): 0.3, ("opo", 3e-5): 0.4, ("grpo", 3e-6): 0.3, ("grpo", 1e-5): 0.3,
                 ("grpo", 3e-5): 0.1}  # fmt: skip
     for run in bench.tune_runs():
-        run.docs_dir.mkdir(parents=True)
-        summary = {"heldout_accuracy_after": accuracy[run.algorithm, run.learning_rate]}
-        (run.docs_dir / "summary.json").write_text(json.dumps(summary))
+        summary = RunSummary(
+            run.algorithm, run.seed, heldout_accuracy_after=accuracy[run.algorithm, run.learning_rate]
+        )
+        RunFiles(run.docs_dir).write_summary(summary)
     assert bench.chosen_learning_rates() == {"opo": 3e-5, "grpo": 3e-6, "dapo": 3e-6, "gspo": 3e-6}
 
     main = bench.main_runs()
@@ -128,18 +131,22 @@ def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
 
 
 def test_benchmark_v2_paper_table_puts_our_figures_beside_the_papers():
-    from opo_trl.compare import RunRecord
+    from opo_trl.harness.compare import RunRecord
+    from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
 
     bench = load_script("benchmark_v2")
-    full = {"fingerprint": "f", "greedy": None}
+
+    def full(step, sampled):
+        return HeldoutRecord(step=step, problems=len(sampled), fingerprint="f", seconds=None, sampled=sampled)
+
     records = [
         RunRecord(
             "opo",
             seed,
-            {},
+            RunSummary("opo", seed),
             # Rewards logged at steps 1..16: the last quarter is steps 13-16.
             [{"step": t, "reward": 0.1 * t + seed, "grad_norm": float(t)} for t in range(1, 17)],
-            [full | {"step": 0, "sampled": [[0.0]] * 4}, full | {"step": 16, "sampled": [[1.0], [1.0], [0.0], [0.0]]}],
+            [full(0, [[0.0]] * 4), full(16, [[1.0], [1.0], [0.0], [0.0]])],
         )
         for seed in (0, 1)
     ]
@@ -152,7 +159,7 @@ def test_benchmark_v2_paper_table_puts_our_figures_beside_the_papers():
     assert cells[6].startswith("0.500 [")
     assert "| grpo |" not in table  # only the algorithms that ran
     # 8 logged steps: a last quarter of 2, too few for a late figure.
-    short = [RunRecord("opo", r.seed, {}, r.steps[:8], r.heldout) for r in records]
+    short = [RunRecord("opo", r.seed, r.summary, r.steps[:8], r.heldout) for r in records]
     assert "| opo | 0.756 | too few steps | 0.90 |" in bench.paper_table(short)
 
 
@@ -193,11 +200,15 @@ def test_benchmark_v2_runs_wait_only_for_their_own_seeds_first_run(tmp_path, mon
 
 
 def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
-    from opo_trl.compare import RunRecord
+    from opo_trl.harness.compare import RunRecord
+    from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
 
     bench = load_script("benchmark_v2")
-    full = {"fingerprint": "f", "greedy": None}
-    heldout = [full | {"step": 0, "sampled": [[0.0]] * 4}, full | {"step": 8, "sampled": [[1.0], [0.0], [0.0], [0.0]]}]
+
+    def full(step, sampled):
+        return HeldoutRecord(step=step, problems=len(sampled), fingerprint="f", seconds=None, sampled=sampled)
+
+    heldout = [full(0, [[0.0]] * 4), full(8, [[1.0], [0.0], [0.0], [0.0]])]
 
     def steps(seed):
         # 32 optimizer steps, a rollout every 2: rollouts at steps 1, 3, ..., 31; those at 3 and 7 have every group tied.
@@ -211,7 +222,7 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
             out.append(entry)
         return out
 
-    records = [RunRecord("opo-x", seed, {}, steps(seed), heldout) for seed in (0, 1)]
+    records = [RunRecord("opo-x", seed, RunSummary("opo", seed), steps(seed), heldout) for seed in (0, 1)]
     (row,) = [line for line in bench.variant_mechanics(records).splitlines() if line.startswith("| opo-x |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
     # Tied rollouts: 2 per seed. Their drive: 0.6, 1.4 (seed 0) and 1.6, 2.4 (seed 1): median 1.5.
@@ -219,7 +230,7 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
     # last quarter of the 16 logged rollouts (steps 25, 27, 29, 31). Grad norms 1..32 and 2..33: median 17.
     assert cells == ["opo-x", "2", "0.250, 0.250", "4 of 32", "1.5", "0.60 -> 3.35", "11.00 -> 38.00", "17"]
     # 8 steps: the last quarter of the logged figures is under 4 steps.
-    short = [RunRecord("opo-x", r.seed, {}, r.steps[:8], heldout) for r in records]
+    short = [RunRecord("opo-x", r.seed, r.summary, r.steps[:8], heldout) for r in records]
     (row,) = [line for line in bench.variant_mechanics(short).splitlines() if line.startswith("| opo-x |")]
     assert "| too few steps | too few steps |" in row
 
@@ -228,18 +239,12 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
 @pytest.mark.parametrize("k", [1, 2, 4])
 @pytest.mark.parametrize("algorithm", ["opo", "grpo"])
 def test_benchmark_v3_rollout_serves_k_optimizer_steps(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
-    from opo_trl.algorithms import ALGORITHMS
-
-    from .conftest import cpu_config_kwargs, distinct_chars_reward
+    from .conftest import make_trainer
 
     bench = load_script("benchmark_v3")
     settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of 32
     settings.pop("heldout_eval_steps")  # a script argument, not a trainer one
-    spec = ALGORITHMS[algorithm]
-    args = spec.config_cls(**cpu_config_kwargs(tmp_path, **{**spec.settings, **settings}))
-    trainer = spec.trainer_cls(
-        model=tiny_model_path, reward_funcs=distinct_chars_reward, args=args, train_dataset=prompt_dataset
-    )
+    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, algorithm=algorithm, **settings)
     generated = []
     generate = trainer._generate_and_score_completions
     trainer._generate_and_score_completions = lambda inputs: generated.append(len(inputs)) or generate(inputs)
@@ -263,3 +268,27 @@ def test_benchmark_v3_truncated_fraction_per_budget_by_hand():
     # Ended after 10 and 40 tokens, never ended in 64, ended exactly at token 64.
     fractions = bench.truncated_fractions([10, 40, 64, 64], [True, True, False, True])
     assert fractions == {32: 3 / 4, 48: 2 / 4, 64: 1 / 4}
+
+
+def test_benchmark_v2_resampling_table_sets_problems_alone_beside_seeds_and_problems():
+    from opo_trl.harness.compare import RunRecord
+    from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
+
+    bench = load_script("benchmark_v2")
+
+    def run(name, seed, value):
+        # Every problem alike within a run: the runs differ only from seed to seed.
+        after = HeldoutRecord(step=8, problems=4, fingerprint="f", seconds=None, sampled=[[value]] * 4)
+        before = HeldoutRecord(step=0, problems=4, fingerprint="f", seconds=None, sampled=[[0.0]] * 4)
+        summary = RunSummary(name, seed, heldout_accuracy_after=value)
+        return RunRecord(name, seed, summary, [], [before, after])
+
+    records = [run("opo", s, v) for s, v in zip((0, 1, 2), (0.0, 0.5, 1.0))] + [
+        run("grpo", s, 0.25) for s in (0, 1, 2)
+    ]
+    (row,) = [line for line in bench.resampling_table(records).splitlines() if line.startswith("| grpo |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # Differences -0.25, +0.25, +0.75: mean +0.25. Problems alone see no spread at all; the seeds do.
+    assert cells[:2] == ["grpo", "3"] and cells[3] == "+0.250 [+0.250, +0.250]"
+    assert cells[2].startswith("+0.250 [-0.250, ") and cells[2] != cells[3]
+    assert cells[4:] == ["0.000..1.000", "0.250..0.250"]

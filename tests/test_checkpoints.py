@@ -13,13 +13,12 @@ import yaml
 from transformers import AutoModelForCausalLM, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from opo_trl.algorithms import ALGORITHMS
-from opo_trl.checkpoints import last_complete_checkpoint, resolve_resume_from_checkpoint
+from opo_trl.harness.checkpoints import last_complete_checkpoint, resolve_resume_from_checkpoint
+from opo_trl.harness.run import main
 from opo_trl.rollout_state import rollout_state_file
-from opo_trl.run import main
 
 from . import interruptible_run
-from .conftest import cpu_config_kwargs, distinct_chars_reward, make_trainer
+from .conftest import make_trainer
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,11 +74,7 @@ def test_resumed_run_matches_the_uninterrupted_run(tmp_path, tiny_model_path, pr
 
 def make_algorithm_trainer(algorithm, output_dir, model, dataset, callbacks=None, **overrides):
     """The trainer `opo-trl train --algorithm ALGORITHM` builds, on the tiny CPU settings."""
-    spec = ALGORITHMS[algorithm]
-    args = spec.config_cls(**cpu_config_kwargs(output_dir, **{**spec.settings, **overrides}))
-    return spec.trainer_cls(
-        model=model, reward_funcs=distinct_chars_reward, args=args, train_dataset=dataset, callbacks=callbacks
-    )
+    return make_trainer(output_dir, model, dataset, callbacks=callbacks, algorithm=algorithm, **overrides)
 
 
 def assert_same_training_state(full, resumed):

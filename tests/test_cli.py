@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from opo_trl import cli
-from opo_trl.arguments import shipped_recipes
+from opo_trl.harness import cli
+from opo_trl.harness.arguments import shipped_recipes
 
 from .conftest import tiny_recipe, write_recipe
 
@@ -22,7 +22,8 @@ def test_help_and_unknown_command(capsys):
 def test_recipes_lists_the_shipped_recipes(capsys):
     assert cli.main(["recipes"]) == 0
     out = capsys.readouterr().out
-    assert {"quickstart", "compare_cpu", "benchmark_chain_sum", "math_l3_qwen3-1.7b_opo"} <= set(shipped_recipes())
+    assert {"quickstart", "compare_cpu", "math_l3_qwen3-1.7b_opo"} <= set(shipped_recipes())
+    assert not any(name.startswith("benchmark_") for name in shipped_recipes())  # those live in benchmarks/recipes/
     for name in shipped_recipes():
         assert name in out
     assert "opo-trl quickstart" in shipped_recipes()["quickstart"]  # the recipe's first comment line
@@ -32,7 +33,7 @@ def test_recipes_lists_the_shipped_recipes(capsys):
 
 
 def test_recipe_descriptions_are_whole_sentences_and_baselines_name_no_opo_setting():
-    from opo_trl.arguments import load_recipe, opo_only_fields
+    from opo_trl.harness.arguments import load_recipe, opo_only_fields
 
     for name, description in shipped_recipes().items():
         assert description.endswith("."), (name, description)
@@ -42,7 +43,7 @@ def test_recipe_descriptions_are_whole_sentences_and_baselines_name_no_opo_setti
 
 
 def test_quickstart_saves_a_checkpoint_every_few_steps_by_default():
-    from opo_trl.arguments import parse_command
+    from opo_trl.harness.arguments import parse_command
 
     args = parse_command(["--config", "quickstart"]).training_args
     assert args.save_strategy == "steps" and args.save_total_limit == 1
@@ -52,7 +53,7 @@ def test_quickstart_saves_a_checkpoint_every_few_steps_by_default():
 
 def capture_train(monkeypatch):
     calls = []
-    monkeypatch.setattr("opo_trl.run.train", lambda *args: calls.append(args) or {"ok": True})
+    monkeypatch.setattr("opo_trl.harness.run.train", lambda *args: calls.append(args) or {"ok": True})
     return calls
 
 
@@ -105,7 +106,7 @@ def test_accelerate_options_launch_through_accelerate_with_trls_configs(monkeypa
         8,
         "no",
         True,
-        "opo_trl.run",
+        "opo_trl.harness.run",
     )
     assert args.training_script_args == ["--config", recipe, "--algorithm", "opo", "--seed", "2"]
 
@@ -125,7 +126,7 @@ def test_train_on_two_processes_through_accelerate_config(tmp_path, tiny_model_p
     recipe = write_recipe(
         tmp_path, tiny_recipe(tmp_path, tiny_model_path, reward_funcs=["tests.conftest.distinct_chars_reward"])
     )
-    command = [sys.executable, "-m", "opo_trl.cli", "train", "--config", recipe, "--accelerate_config", "multi_gpu",
+    command = [sys.executable, "-m", "opo_trl.harness.cli", "train", "--config", recipe, "--accelerate_config", "multi_gpu",
                "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port()),
                "--use_cpu", "true"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -148,7 +149,7 @@ def interrupt_cli_run(tmp_path, recipe, wait_at):
     markers.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
            "OPO_TRL_TEST_MARKERS": str(markers), "OPO_TRL_TEST_WAIT_AT": str(wait_at)}  # fmt: skip
-    command = [sys.executable, "-m", "opo_trl.cli", "train", "--config", recipe]
+    command = [sys.executable, "-m", "opo_trl.harness.cli", "train", "--config", recipe]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         while not (markers / f"reward-call-{wait_at}").exists():
@@ -184,10 +185,10 @@ def test_ctrl_c_names_the_last_checkpoint_and_the_command_that_resumes(tmp_path,
     )
     # That command resumes (here with a reward that does not wait) and finishes the run.
     calls = []
-    import opo_trl.run
+    import opo_trl.harness.run
 
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(opo_trl.run, "train", lambda *args: calls.append(args) or {"ok": True})
+    monkeypatch.setattr(opo_trl.harness.run, "train", lambda *args: calls.append(args) or {"ok": True})
     with monkeypatch.context():
         assert cli.main(command.split()[1:]) == 0
     monkeypatch.undo()

@@ -6,9 +6,10 @@ import json
 import pytest
 import yaml
 
-from opo_trl.compare import load_run, run_comparison
-from opo_trl.compare import main as compare_main
-from opo_trl.rewards import answer_checker
+from opo_trl.harness.compare import load_run, run_comparison
+from opo_trl.harness.compare import main as compare_main
+from opo_trl.harness.rewards import answer_checker
+from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
 
 from .conftest import tiny_recipe
 
@@ -89,7 +90,7 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
 
 
 def test_zero_gradient_steps_count_only_steps_with_a_signal():
-    from opo_trl.compare import RunRecord
+    from opo_trl.harness.compare import RunRecord
 
     steps = [
         {"step": 1, "frac_reward_zero_std": 1.0, "grad_norm": 0.0},  # every group tied: no signal, zero for anyone
@@ -98,18 +99,23 @@ def test_zero_gradient_steps_count_only_steps_with_a_signal():
         {"step": 4, "grad_norm": 0.0},  # a signal, and the loss cut it off
         {"step": 5, "frac_reward_zero_std": 0.0, "grad_norm": 0.0},
     ]
-    assert RunRecord("gspo", 0, {}, steps, []).zero_gradient_steps() == (2, 3)
+    assert RunRecord("gspo", 0, RunSummary("gspo", 0), steps, []).zero_gradient_steps() == (2, 3)
 
 
 def _stepped_run(name, seed, reward, grad, interim, steps=32):
-    from opo_trl.compare import RunRecord
+    from opo_trl.harness.compare import RunRecord
 
     # Generation every other step (reward logged at odd steps), a gradient every step, interim evaluations at 2, 4.
     logged = [
         {"step": t, "grad_norm": grad(t)} | ({"reward": reward(t)} if t % 2 else {}) for t in range(1, steps + 1)
     ]
-    heldout = [{"step": t, "fingerprint": None, "sampled": [[x] for x in interim[t]]} for t in (2, 4)]
-    return RunRecord(name, seed, {}, logged, heldout)
+    heldout = [
+        HeldoutRecord(
+            step=t, problems=len(interim[t]), fingerprint=None, seconds=None, sampled=[[x] for x in interim[t]]
+        )
+        for t in (2, 4)
+    ]
+    return RunRecord(name, seed, RunSummary(name, seed), logged, heldout)
 
 
 def _opo_and_grpo(seeds, steps=32):
@@ -123,7 +129,7 @@ def _opo_and_grpo(seeds, steps=32):
 
 
 def test_paired_training_reward_gradient_norm_and_interim_accuracy():
-    from opo_trl.compare import summary_markdown, summary_rows
+    from opo_trl.harness.compare import summary_markdown, summary_rows
 
     summary = summary_rows(_opo_and_grpo((0, 1, 2)))
     (paired,) = summary["paired"]
@@ -143,7 +149,7 @@ def test_paired_training_reward_gradient_norm_and_interim_accuracy():
 
 
 def test_short_runs_and_single_seeds_get_no_verdict():
-    from opo_trl.compare import summary_markdown, summary_rows
+    from opo_trl.harness.compare import summary_markdown, summary_rows
 
     # 8 steps: rewards at 4 steps, a last quarter of one step.
     summary = summary_rows(_opo_and_grpo((0, 1, 2), steps=8))
@@ -165,19 +171,19 @@ def test_short_runs_and_single_seeds_get_no_verdict():
 
 
 def test_runs_scored_by_different_answer_checkers_are_not_compared(tmp_path, capsys):
-    from opo_trl.cli import main as cli_main
-    from opo_trl.compare import summary_markdown, summary_rows
-    from opo_trl.rewards import STRINGS_AND_NUMBERS, answer_checker
+    from opo_trl.harness.cli import main as cli_main
+    from opo_trl.harness.compare import summary_markdown, summary_rows
+    from opo_trl.harness.rewards import STRINGS_AND_NUMBERS, answer_checker
 
     runs = _opo_and_grpo((0, 1, 2))
     for r in runs:
-        r.summary["answer_checker"] = "math-verify 0.9.0"
+        r.summary.answer_checker = "math-verify 0.9.0"
     summary = summary_rows(runs)
     assert summary["answer_checker"] == "math-verify 0.9.0"
     assert "Answer checker of every run (how the `accuracy` reward compares answers): math-verify 0.9.0." in (
         summary_markdown(summary)
     )
-    runs[1].summary["answer_checker"] = STRINGS_AND_NUMBERS  # GRPO's seed 0
+    runs[1].summary.answer_checker = STRINGS_AND_NUMBERS  # GRPO's seed 0
     with pytest.raises(ValueError, match="different answer checkers") as info:
         summary_rows(runs)
     assert f"grpo-seed0 by '{STRINGS_AND_NUMBERS}'" in str(info.value) and "\n" not in str(info.value)
@@ -185,7 +191,7 @@ def test_runs_scored_by_different_answer_checkers_are_not_compared(tmp_path, cap
     # Run files from before the checker was recorded: "unknown", comparable only with each other.
     old = _opo_and_grpo((0, 1, 2))
     assert summary_rows(old)["answer_checker"] == "unknown"
-    old[0].summary["answer_checker"] = "math-verify 0.9.0"
+    old[0].summary.answer_checker = "math-verify 0.9.0"
     with pytest.raises(ValueError, match="different answer checkers"):
         summary_rows(old)
 

@@ -5,8 +5,8 @@ import re
 import pytest
 from datasets import Dataset, DatasetDict
 
-from opo_trl.data import load_gsm8k, load_math, load_reasoning_gym, make_arithmetic_dataset
-from opo_trl.rewards import accuracy_reward, reasoning_gym_reward
+from opo_trl.harness.data import load_gsm8k, load_math, load_reasoning_gym, make_arithmetic_dataset
+from opo_trl.harness.rewards import accuracy_reward, reasoning_gym_reward
 
 
 PROBLEM_RE = re.compile(r"What is (\(?-?\d+\)?) ([-+*]) (\(?-?\d+\)?)\? Put the final answer in \\boxed\{\}\.")

@@ -29,7 +29,7 @@ def launch(tmp_path, model_path, stage, extra=()):
             )
         )
     )
-    command = [sys.executable, "-m", "opo_trl.cli", "train", "--config", str(recipe), "--use_cpu", "true", *extra,
+    command = [sys.executable, "-m", "opo_trl.harness.cli", "train", "--config", str(recipe), "--use_cpu", "true", *extra,
                "--accelerate_config", f"zero{stage}", "--num_processes", "2", "--mixed_precision", "no",
                "--main_process_port", str(free_port())]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}

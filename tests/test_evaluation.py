@@ -4,7 +4,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from opo_trl.evaluation import HeldoutResult, evaluate_heldout, sampled_accuracy
+from opo_trl.harness.evaluation import HeldoutResult, evaluate_heldout, sampled_accuracy
 
 
 def test_outcomes_per_problem_and_sample_greedy_and_rng(tiny_model_path):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from opo_trl import models
-from opo_trl.models import COMPLETE_MARKER, DEFAULT_MODEL_ID, SMOLLM2_DIRNAME, is_hub_reachable, resolve_model
+from opo_trl.harness import models
+from opo_trl.harness.models import COMPLETE_MARKER, DEFAULT_MODEL_ID, SMOLLM2_DIRNAME, is_hub_reachable, resolve_model
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path, tiny_model_pat
 
     def opo_trl(*args):
         result = subprocess.run(
-            [python, "-m", "opo_trl.cli", *args], cwd=home, env=env, capture_output=True, text=True
+            [python, "-m", "opo_trl.harness.cli", *args], cwd=home, env=env, capture_output=True, text=True
         )
         assert result.returncode == 0, result.stderr[-3000:]
         return result.stdout

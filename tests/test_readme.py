@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from opo_trl import cli
-from opo_trl.arguments import parse_command
+from opo_trl.harness import cli
+from opo_trl.harness.arguments import parse_command
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,11 +87,11 @@ def test_every_opo_trl_command_in_the_readme_parses(argv, monkeypatch, capsys):
         assert cli.main(argv) == 0
         return
     if command == "compare":
-        import opo_trl.compare
+        import opo_trl.harness.compare
 
         runs = []
-        monkeypatch.setattr(opo_trl.compare, "run_comparison", lambda *args, **kwargs: runs.append(args))
-        monkeypatch.setattr(opo_trl.compare, "summary_markdown", lambda *args: "")
+        monkeypatch.setattr(opo_trl.harness.compare, "run_comparison", lambda *args, **kwargs: runs.append(args))
+        monkeypatch.setattr(opo_trl.harness.compare, "summary_markdown", lambda *args: "")
         assert cli.main(argv) == 0 and len(runs) == 1
         return
     assert command in ("train", "quickstart"), argv

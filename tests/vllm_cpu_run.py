@@ -65,7 +65,7 @@ def main(algorithm: str, sync: str, workdir: str) -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from opo_trl import OPOConfig, OPOTrainer
-    from opo_trl.testing import save_tiny_model
+    from opo_trl.harness.testing import save_tiny_model
     from opo_trl.vllm_cpu import CPUVLLMGeneration, cpu_colocate
 
     from .conftest import cpu_config_kwargs, digit_reward, hand_logps

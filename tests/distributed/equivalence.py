@@ -14,8 +14,8 @@ import sys
 import torch
 from datasets import Dataset
 
-from opo_trl import OPOConfig, OPOTrainer
 from opo_trl.core import sequence_log_prob
+from opo_trl.harness.algorithms import tiny_trainer
 
 
 ROWS_PER_STEP, G = 12, 4
@@ -40,25 +40,17 @@ def reward(completions, **kwargs):
 def main(out_dir, model_dir, overrides=None):
     dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(6) for b in range(6)]})
     settings = dict(
-        output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        save_strategy="no",
-        gradient_checkpointing=False,
-        seed=0,
         learning_rate=1e-2,
         max_steps=1,
-        logging_steps=1,
         num_generations=G,
         max_completion_length=16,
         alpha=0.3,
         per_device_train_batch_size=ROWS_PER_STEP // int(__import__("os").environ.get("WORLD_SIZE", "1")),
     )
-    args = OPOConfig(**{**settings, **(overrides or {})})
-    trainer = OPOTrainer(
-        model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, rollout_func=rollout_func
-    )
+    trainer = tiny_trainer(
+        "opo", model_dir, reward, dataset, out_dir, trainer_kwargs={"rollout_func": rollout_func},
+        **{**settings, **(overrides or {})},
+    )  # fmt: skip
 
     seen = {}
     generate, rollout_logps = trainer._generate_and_score_completions, trainer._rollout_logps

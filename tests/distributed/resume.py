@@ -14,7 +14,7 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from opo_trl import OPOConfig, OPOTrainer
+from opo_trl.harness.algorithms import tiny_trainer
 
 
 def reward(completions, **kwargs):
@@ -28,14 +28,13 @@ class StopAt(TrainerCallback):
 
 
 def main(out_dir, model_dir, mode):
-    args = OPOConfig(
-        output_dir=out_dir, use_cpu=True, bf16=False, activation_checkpointing=False, report_to="none", seed=0,
-        per_device_train_batch_size=4, num_generations=4, max_completion_length=4, learning_rate=1e-2,
-        max_steps=5, steps_per_generation=2, num_iterations=2, save_strategy="steps", save_steps=3,
-    )  # fmt: skip
     dataset = Dataset.from_dict({"prompt": [f"{a}+{b}=" for a in range(4) for b in range(4)]})
     callbacks = [StopAt()] if mode == "stop" else None
-    trainer = OPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset, callbacks=callbacks)
+    trainer = tiny_trainer(
+        "opo", model_dir, reward, dataset, out_dir, trainer_kwargs={"callbacks": callbacks},
+        per_device_train_batch_size=4, num_generations=4, max_completion_length=4, learning_rate=1e-2, max_steps=5,
+        steps_per_generation=2, num_iterations=2, save_strategy="steps", save_steps=3,
+    )  # fmt: skip
     trainer.train(resume_from_checkpoint=f"{out_dir}/checkpoint-3" if mode == "resume" else None)
     digest = hashlib.sha256()
     for p in trainer.model.parameters():

@@ -6,7 +6,7 @@ The `opo-trl` command.
     opo-trl train --config <recipe> --algorithm grpo                  # the same recipe with a baseline
     opo-trl train --config <recipe> --accelerate_config zero3 --num_processes 8   # through `accelerate launch`
     opo-trl quickstart [--seed 1]                                     # the quickstart recipe, offline, on a CPU
-    opo-trl compare --config compare_cpu --seeds 0 1 2                # OPO vs GRPO, DAPO, GSPO (opo_trl.compare)
+    opo-trl compare --config compare_cpu --seeds 0 1 2                # OPO vs GRPO, DAPO, GSPO (opo_trl.harness.compare)
     opo-trl recipes                                                   # the recipes shipped with the package
 
 Command-line values override the recipe's, as in `trl grpo`. With an `accelerate launch` option (`--accelerate_config
@@ -113,7 +113,7 @@ def _launch(launch_args: list[str], train_argv: list[str]) -> None:
 
     launch_args = resolve_accelerate_config_argument(launch_args)
     os.environ["OPO_TRL_LAUNCHED"] = "1"
-    launch_command(launch_command_parser().parse_args([*launch_args, "--module", "opo_trl.run", *train_argv]))
+    launch_command(launch_command_parser().parse_args([*launch_args, "--module", "opo_trl.harness.run", *train_argv]))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ string `answer` that [`~rewards.accuracy_reward`] checks completions against.
 """
 
 import difflib
+import json
 import logging
+import os
 import random
 from collections.abc import Iterable, Sequence
 
@@ -321,3 +323,120 @@ def _json_default(value):
     if hasattr(value, "item"):
         return value.item()
     return str(value)
+
+
+# -- one dispatcher: a run's dataset arguments to its splits ------------------------------------------------------
+
+# Script arguments that only some datasets read, and which: set for any other dataset, they are an error rather than
+# silently ignored. "hub" is any dataset `datasets.load_dataset` reads.
+DATASET_ARGUMENTS = {
+    "dataset_train_split": ("gsm8k", "math", "hub", "mixture"),
+    "dataset_test_split": ("gsm8k", "math", "hub", "mixture"),
+    "dataset_config": ("hub",),
+    "dataset_streaming": ("hub",),
+    "dataset_options": ("reasoning_gym",),
+    "dataset_seed": ("arithmetic", "reasoning_gym"),
+    "num_train_samples": ("arithmetic", "reasoning_gym"),
+    "num_test_samples": ("arithmetic", "reasoning_gym"),
+    "num_validation_samples": ("reasoning_gym",),
+    "min_operand": ("arithmetic",),
+    "max_operand": ("arithmetic",),
+    "operations": ("arithmetic",),
+    "math_levels": ("math",),
+}
+BUILTIN_DATASETS = ("arithmetic", "gsm8k", "math", "reasoning_gym/<task>")
+
+
+def dataset_kind(script_args, dataset_args) -> str:
+    """`mixture` (a `trl grpo` dataset mixture), or the kind of `dataset_name` (see [`dataset_kind_of_name`])."""
+    if dataset_args.datasets:
+        return "mixture"
+    if script_args.dataset_name is None:
+        raise ValueError("No dataset: set `dataset_name` (e.g. 'arithmetic') or `datasets` (a dataset mixture).")
+    return dataset_kind_of_name(script_args.dataset_name)
+
+
+def dataset_kind_of_name(name: str) -> str:
+    """`arithmetic`, `gsm8k`, `math`, `reasoning_gym`, or `hub` (anything `datasets.load_dataset` reads)."""
+    if name.startswith(REASONING_GYM_PREFIX):
+        return "reasoning_gym"
+    return name if name in ("arithmetic", "gsm8k", "math") else "hub"
+
+
+def load_datasets(script_args, dataset_args, seed: int):
+    """
+    The train split and the held-out splits (a dict, e.g. `{"test": ..., "validation": ...}`) of a run, each with a
+    `prompt` column and whatever its reward functions read.
+
+    The one place that turns a `dataset_name` (or a `trl grpo` dataset mixture) into datasets.
+    """
+    kind = dataset_kind(script_args, dataset_args)
+    data_seed = seed if script_args.dataset_seed is None else script_args.dataset_seed
+    train_split, test_split = script_args.dataset_train_split, script_args.dataset_test_split
+
+    if kind == "mixture":  # a `trl grpo` dataset mixture
+        from trl import get_dataset
+
+        mixture = get_dataset(dataset_args)
+        return mixture[train_split], _present({test_split: mixture.get(test_split)})
+    if kind == "arithmetic":
+        splits = make_arithmetic_dataset(
+            script_args.num_train_samples,
+            script_args.num_test_samples,
+            seed=data_seed,
+            min_operand=script_args.min_operand,
+            max_operand=script_args.max_operand,
+            operations=script_args.operations,
+        )
+        return splits["train"], {"test": splits["test"]}
+    if kind == "reasoning_gym":
+        options = script_args.dataset_options
+        options = json.loads(options) if isinstance(options, str) else options
+        sizes = {
+            "train": script_args.num_train_samples,
+            "validation": script_args.num_validation_samples,
+            "test": script_args.num_test_samples,
+        }
+        splits = load_reasoning_gym(
+            script_args.dataset_name.removeprefix(REASONING_GYM_PREFIX), sizes, data_seed, options
+        )
+        return splits["train"], {name: split for name, split in splits.items() if name != "train"}
+    if kind == "gsm8k":
+        return load_gsm8k(train_split), {"test": load_gsm8k(test_split)}
+    if kind == "math":
+        levels = script_args.math_levels
+        return load_math(train_split, levels), {"test": load_math(test_split, levels)}
+    return _load_hub_dataset(script_args)
+
+
+def check_not_a_misspelled_builtin(name: str) -> None:
+    """Raise if `name`, not a path, is close to a built-in dataset's name, saying which one."""
+    if os.path.exists(name):
+        return
+    close = difflib.get_close_matches(name, ["arithmetic", "gsm8k", "math"], n=1)
+    if close:
+        raise ValueError(
+            f"dataset_name={name!r} is not a built-in dataset ({', '.join(BUILTIN_DATASETS)}) and not a local "
+            f"path. Did you mean {close[0]!r}?"
+        )
+
+
+def _load_hub_dataset(script_args):
+    name = script_args.dataset_name
+    try:
+        dataset = datasets.load_dataset(name, name=script_args.dataset_config, streaming=script_args.dataset_streaming)
+    except Exception as e:
+        if os.path.exists(name):
+            raise
+        close = difflib.get_close_matches(name, ["arithmetic", "gsm8k", "math"], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"dataset_name={name!r} is not a built-in dataset ({', '.join(BUILTIN_DATASETS)}), not a local path, and "
+            f"could not be loaded from the hub ({type(e).__name__}).{hint}"
+        ) from e
+    test = dataset[script_args.dataset_test_split] if script_args.dataset_test_split in dataset else None
+    return dataset[script_args.dataset_train_split], _present({script_args.dataset_test_split: test})
+
+
+def _present(splits: dict) -> dict:
+    return {name: split for name, split in splits.items() if split is not None}

@@ -87,3 +87,26 @@ def _running_mean(values: np.ndarray, window: int) -> np.ndarray:
         if chunk.size:
             out[i] = chunk.mean()
     return out
+
+
+def plot_reward_curve(log_history: list[dict], algorithm: str, path) -> Path | None:
+    """The training reward of one run against the step, into a PNG at `path`; `None` without matplotlib or reward."""
+    steps = [(e["step"], e["reward"]) for e in log_history if "reward" in e and "step" in e]
+    if not steps:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("[opo-trl] matplotlib not installed: no reward plot (pip install opo-trl[plot])", file=sys.stderr)
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(*zip(*steps, strict=True), marker="o", markersize=3)
+    ax.set(xlabel="step", ylabel="mean training reward", title=f"{algorithm.upper()} reward")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

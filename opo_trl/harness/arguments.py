@@ -21,13 +21,14 @@ import yaml
 from trl import DatasetMixtureConfig, ModelConfig, ScriptArguments, TrlParser
 
 from .algorithms import ALGORITHMS, opo_only_fields
+from .data import DATASET_ARGUMENTS, check_not_a_misspelled_builtin, dataset_kind_of_name
 
 
 def _recipes_dir():
     try:  # installed from a wheel: the recipes ship as the package opo_trl.recipes
         return importlib.resources.files("opo_trl.recipes")
     except ModuleNotFoundError:  # a source checkout (or an editable install of one): recipes/ beside the package
-        return Path(__file__).resolve().parent.parent / "recipes"
+        return Path(__file__).resolve().parents[2] / "recipes"
 
 
 RECIPES_DIR = _recipes_dir()
@@ -145,6 +146,34 @@ class OPOScriptArguments(ScriptArguments):
         },
     )
 
+    def __post_init__(self):
+        # Checked at parse time, so that a recipe mistake is a one-line error before anything loads.
+        unused = [] if self.heldout_eval else changed_fields(self, HELDOUT_ARGUMENTS)
+        if unused:
+            raise ValueError(f"{', '.join(unused)} only apply with heldout_eval: true; set it or remove them.")
+        if self.dataset_name is not None:
+            self.check_dataset_arguments(dataset_kind_of_name(self.dataset_name))
+
+    def check_dataset_arguments(self, kind: str) -> None:
+        """Raise if a dataset argument is set that a dataset of `kind` (see `data.DATASET_ARGUMENTS`) does not read."""
+        for name in changed_fields(self, DATASET_ARGUMENTS):
+            kinds = DATASET_ARGUMENTS[name]
+            if kind not in kinds:
+                # A misspelt built-in name reads as a hub id: the name is the mistake to report, not the option.
+                if kind == "hub":
+                    check_not_a_misspelled_builtin(self.dataset_name)
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} applies to dataset_name {' or '.join(map(repr, kinds))} only, "
+                    f"not to {self.dataset_name if kind != 'mixture' else 'a dataset mixture'!r}; remove it."
+                )
+
+
+# Script arguments that shape the held-out evaluation: without `heldout_eval` they would do nothing.
+HELDOUT_ARGUMENTS = (
+    "heldout_split", "heldout_max_samples", "heldout_num_samples", "heldout_greedy", "heldout_eval_steps",
+    "heldout_interim_max_samples", "heldout_before_from",
+)  # fmt: skip
+
 
 def changed_fields(args, names) -> list[str]:
     """The fields among `names` whose value in the dataclass instance `args` differs from the field's default."""
@@ -246,6 +275,9 @@ def parse_command(argv: list[str]) -> TrainArguments:
     unknown = [s for s in recipe_unknown + cli_unknown if s.startswith("--")]
     if unknown:
         raise ValueError(_unknown_keys_message(unknown, sorted(fields | set(launch_options)), config_path))
+    script_args, _, _, dataset_args = parsed
+    if dataset_args.datasets:  # a dataset mixture, which the script arguments alone do not know of
+        script_args.check_dataset_arguments("mixture")
     return TrainArguments(*parsed, launch_args=launch_args, train_argv=train_argv)
 
 

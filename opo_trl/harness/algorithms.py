@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig, GRPOTrainer
 
-from .config import OPOConfig
-from .rollout_state import RolloutCheckpointMixin
-from .trainer import OPOTrainer
+from ..config import OPOConfig
+from ..rollout_state import RolloutCheckpointMixin
+from ..trainer import OPOTrainer
 
 
 class BaselineTrainer(RolloutCheckpointMixin, GRPOTrainer):
@@ -73,3 +73,33 @@ def opo_only_fields() -> set[str]:
     import dataclasses
 
     return {f.name for f in dataclasses.fields(OPOConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
+
+
+# A trainer that runs on a CPU: what the tests and the benchmarks' probes build (`cpu=False` drops the first three).
+CPU_SETTINGS = {"use_cpu": True, "bf16": False, "gradient_checkpointing": False}
+QUIET_SETTINGS = {"report_to": "none", "save_strategy": "no", "logging_steps": 1, "seed": 0}
+
+
+def tiny_trainer(
+    algorithm: str, model, reward_funcs, train_dataset, output_dir, cpu: bool = True, trainer_kwargs=None, **config
+):
+    """
+    A trainer of `algorithm` built from this table as `opo-trl train` builds one: the algorithm's config class with its
+    settings, then `config` (which wins over them), for small runs without logging integrations or checkpoints.
+
+    Args:
+        algorithm (`str`): A key of `ALGORITHMS`.
+        model (`str` or `PreTrainedModel`): The model, as `GRPOTrainer` takes it.
+        reward_funcs: The reward function(s), as `GRPOTrainer` takes them.
+        train_dataset (`Dataset`): Prompts.
+        output_dir (`str` or `Path`): The run's output folder.
+        cpu (`bool`, *optional*, defaults to `True`): Run on the CPU in float32, without gradient checkpointing.
+        trainer_kwargs (`dict`, *optional*): Further trainer arguments (`peft_config`, `callbacks`, `rollout_func`).
+        **config: Config fields, e.g. `num_generations=4` or `mu=2.0`.
+    """
+    spec = ALGORITHMS[algorithm]
+    settings = {**(CPU_SETTINGS if cpu else {}), **QUIET_SETTINGS, **spec.settings, **config}
+    args = spec.config_cls(output_dir=str(output_dir), **settings)
+    return spec.trainer_cls(
+        model=model, reward_funcs=reward_funcs, args=args, train_dataset=train_dataset, **(trainer_kwargs or {})
+    )

@@ -9,7 +9,7 @@ Every run is the training job of `opo-trl train --config <recipe> --algorithm <a
 peak memory is the run's own), with the same task, model, generation budget and step count; only the algorithm (and,
 if given, its learning rate) differs. Finished runs (a `summary.json` in their folder) are kept, so an interrupted
 comparison resumes where it stopped. The runs of one seed share the evaluation of the initial model. Every run's
-`summary.json` records its answer checker (`opo_trl.rewards.answer_checker`: math-verify and its version): runs
+`summary.json` records its answer checker (`opo_trl.harness.rewards.answer_checker`: math-verify and its version): runs
 scored by different checkers are never compared, and a comparison whose finished runs were scored otherwise than this
 install scores refuses to start. Then writes:
 
@@ -20,7 +20,7 @@ install scores refuses to start. Then writes:
   pairing over training steps (late training reward, median gradient norm) and interim evaluations, and the other
   figures;
 - `curves.png`: held-out accuracy, training reward, gradient norm, entropy, completion length and OPO's chi-square,
-  equilibrium gap and mu over the steps, with bands over seeds (see `opo_trl.plots`).
+  equilibrium gap and mu over the steps, with bands over seeds (see `opo_trl.harness.plots`).
 """
 
 import argparse
@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from . import stats
 from .rewards import answer_checker
-from .run import HELDOUT_FILE
+from .runfiles import HeldoutRecord, RunFiles, RunSummary
 
 
 STEP_COLUMNS = {
@@ -65,27 +65,27 @@ class RunRecord:
 
     name: str
     seed: int
-    summary: dict
+    summary: RunSummary
     steps: list[dict]
-    heldout: list[dict]
+    heldout: list[HeldoutRecord]
 
     def outcomes(self, greedy: bool = False, before: bool = False, step: int | None = None) -> np.ndarray | None:
         """Per-problem outcomes of the evaluation before (step 0) or after training, or of the interim evaluation (the
         first problems of the held-out set) at `step`: the fraction of correct samples, or greedy decoding's 0/1."""
         if step is not None:
-            record = next((r for r in self.heldout if r["step"] == step and not r.get("fingerprint")), None)
+            record = next((r for r in self.heldout if r.step == step and not r.full), None)
         else:
-            full = [r for r in self.heldout if r.get("fingerprint")]
+            full = [r for r in self.heldout if r.full]
             record = None if not full or (not before and len(full) < 2) else full[0] if before else full[-1]
         if record is None:
             return None
         if greedy:
-            return None if record["greedy"] is None else np.asarray(record["greedy"], dtype=np.float64)
-        return np.asarray([sum(s) / len(s) for s in record["sampled"]], dtype=np.float64)
+            return None if record.greedy is None else np.asarray(record.greedy, dtype=np.float64)
+        return np.asarray([sum(s) / len(s) for s in record.sampled], dtype=np.float64)
 
     @property
     def answer_checker(self) -> str:
-        return self.summary.get("answer_checker", UNKNOWN_CHECKER)
+        return self.summary.answer_checker or UNKNOWN_CHECKER
 
     def values(self, key: str) -> list[float]:
         return [e[key] for e in self.steps if e.get(key) is not None]
@@ -111,25 +111,20 @@ class RunRecord:
 
 
 def load_run(run_dir: Path, name: str | None = None, seed: int | None = None) -> RunRecord:
-    """Read a finished run's `summary.json`, `metrics.jsonl` and (if present) `heldout.jsonl`."""
-    run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    """Read a finished run's files (`runfiles`): its summary, its logged steps and its held-out evaluations."""
+    files = RunFiles(run_dir)
+    summary = files.read_summary()
     by_step = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        entry = json.loads(line)
+    for entry in files.read_metrics():
         if "step" not in entry or "train_runtime" in entry:
             continue
         by_step.setdefault(entry["step"], {}).update(entry)
-    heldout_path = run_dir / HELDOUT_FILE
-    heldout = (
-        [json.loads(line) for line in heldout_path.read_text().splitlines() if line] if heldout_path.exists() else []
-    )
     return RunRecord(
-        name=name or summary.get("name") or summary["algorithm"],
-        seed=summary["seed"] if seed is None else seed,
+        name=name or summary.algorithm,
+        seed=summary.seed if seed is None else seed,
         summary=summary,
         steps=[by_step[s] for s in sorted(by_step)],
-        heldout=heldout,
+        heldout=files.read_heldout(),
     )
 
 
@@ -144,16 +139,16 @@ def run_comparison(
     # Before any training: the runs still to do will be scored by this install's checker.
     checkers = {}
     for seed, algorithm in pairs:
-        path = output_dir / f"{algorithm}-seed{seed}" / "summary.json"
-        if path.exists():
-            checker = json.loads(path.read_text()).get("answer_checker", UNKNOWN_CHECKER)
+        files = RunFiles(output_dir / f"{algorithm}-seed{seed}")
+        if files.finished:
+            checker = files.read_summary().answer_checker or UNKNOWN_CHECKER
             checkers.setdefault(checker, []).append(f"{algorithm}-seed{seed}")
         else:
             checkers.setdefault(answer_checker(), []).append(f"{algorithm}-seed{seed} (to run)")
     common_answer_checker(checkers)
     for seed, algorithm in tqdm(pairs, desc="comparison runs"):
         run_dir = output_dir / f"{algorithm}-seed{seed}"
-        if (run_dir / "summary.json").exists():
+        if RunFiles(run_dir).finished:
             continue
         args = ["--config", str(config), "--algorithm", algorithm, "--seed", str(seed), "--output_dir", str(run_dir)]
         if algorithm in learning_rates:
@@ -168,12 +163,12 @@ def run_comparison(
 
             main(args)
         else:
-            subprocess.run([sys.executable, "-m", "opo_trl.run", *args], check=True)
+            subprocess.run([sys.executable, "-m", "opo_trl.harness.run", *args], check=True)
     runs = [
         load_run(output_dir / f"{a}-seed{s}", a, s)
         for s in seeds
         for a in algorithms
-        if (output_dir / f"{a}-seed{s}" / "summary.json").exists()
+        if RunFiles(output_dir / f"{a}-seed{s}").finished
     ]
     return write_report(runs, output_dir, last_k=last_k)
 
@@ -196,7 +191,8 @@ def _run_evaluated_before(output_dir, algorithms, seed):
     """A finished run of this seed that evaluated the initial model, if any."""
     for algorithm in algorithms:
         run_dir = output_dir / f"{algorithm}-seed{seed}"
-        if (run_dir / "summary.json").exists() and (run_dir / HELDOUT_FILE).exists():
+        files = RunFiles(run_dir)
+        if files.finished and files.heldout_path.exists():
             return run_dir
     return None
 
@@ -265,7 +261,7 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
         row = {
             "algorithm": name,
             "seeds": seeds,
-            "learning_rate": _common(r.summary.get("learning_rate") for r in group),
+            "learning_rate": _common(r.summary.learning_rate for r in group),
         }
         for key, kwargs in (("before", {"before": True}), ("after", {}), ("greedy_after", {"greedy": True})):
             matrix = outcome_matrix(group, seeds, **kwargs)
@@ -288,8 +284,8 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
         row["clip_frac"] = _spread(
             [statistics.fmean(r.values("clip_ratio/region_mean")) for r in group if r.values("clip_ratio/region_mean")]
         )
-        row["seconds_per_step"] = _spread([r.summary.get("seconds_per_step") for r in group])
-        row["wall_minutes"] = _spread([r.summary["wall_seconds"] / 60 for r in group if r.summary.get("wall_seconds")])
+        row["seconds_per_step"] = _spread([r.summary.seconds_per_step for r in group])
+        row["wall_minutes"] = _spread([r.summary.wall_seconds / 60 for r in group if r.summary.wall_seconds])
         rows.append(row)
     paired = []
     if reference in by_name:
@@ -312,7 +308,7 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
             entry["grad_norm_median"] = _paired(
                 *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), score=False, statistic="median"
             )
-            interim_steps = sorted({h["step"] for r in ours + theirs for h in r.heldout if not h.get("fingerprint")})
+            interim_steps = sorted({h.step for r in ours + theirs for h in r.heldout if not h.full})
             entry["interim"] = {
                 step: _paired(outcome_matrix(ours, seeds, step=step), outcome_matrix(theirs, seeds, step=step))
                 for step in interim_steps
@@ -431,9 +427,9 @@ def per_run_markdown(runs: list[RunRecord], last_k: int = 5) -> str:
         rewards = r.values("reward")
         final = statistics.fmean(rewards[-last_k:]) if rewards else float("nan")
         lines.append(
-            f"| {r.name} | {r.seed} | {_fmt(s.get('heldout_accuracy_before'))} | {_fmt(s.get('heldout_accuracy_after'))} "
-            f"| {_fmt(s.get('heldout_greedy_after'))} | {final:.3f} | {_fmt(s.get('seconds_per_step'), 1)} | "
-            f"{_fmt(s['wall_seconds'] / 60 if s.get('wall_seconds') else None, 1)} | {_fmt(s.get('peak_rss_mb'), 0)} |"
+            f"| {r.name} | {r.seed} | {_fmt(s.heldout_accuracy_before)} | {_fmt(s.heldout_accuracy_after)} "
+            f"| {_fmt(s.heldout_greedy_after)} | {final:.3f} | {_fmt(s.seconds_per_step, 1)} | "
+            f"{_fmt(s.wall_seconds / 60 if s.wall_seconds else None, 1)} | {_fmt(s.peak_rss_mb, 0)} |"
         )
     return "\n".join(lines) + "\n"
 

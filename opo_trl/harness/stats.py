@@ -78,19 +78,28 @@ class Estimate:
         return text if self.coverage is None else f"{text} ({self.coverage})"
 
 
-def _resampled(matrices, replicates: int, seed: int):
+RESAMPLE = ("both", "problems")
+
+
+def _resampled(matrices, replicates: int, seed: int, resample: str = "both"):
     """
-    Yield chunks of two-way bootstrap resamples of equally shaped `[seed, column]` matrices: the same seeds and
-    columns are drawn for every matrix of a replicate, so paired matrices stay paired. Each yielded item is a tuple
-    with one resampled array of shape `(chunk, seeds, columns)` per matrix.
+    Yield chunks of bootstrap resamples of equally shaped `[seed, column]` matrices: the same seeds and columns are
+    drawn for every matrix of a replicate, so paired matrices stay paired. Each yielded item is a tuple with one
+    resampled array of shape `(chunk, seeds, columns)` per matrix. `resample="problems"` keeps every seed once and
+    draws the columns only: the interval of these seeds, blind to how much another seed would differ.
     """
+    if resample not in RESAMPLE:
+        raise ValueError(f"resample must be one of {RESAMPLE}, got {resample!r}.")
     rng = np.random.default_rng(seed)
     n_seeds, n_columns = matrices[0].shape
     # In chunks, to keep the (chunk, seeds, columns) index arrays small.
     for start in range(0, replicates, 500):
         size = min(500, replicates - start)
-        seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
         columns = rng.integers(0, n_columns, size=(size, n_columns))
+        if resample == "both":
+            seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
+        else:
+            seeds = np.broadcast_to(np.arange(n_seeds), (size, n_seeds))
         yield tuple(m[seeds[:, :, None], columns[:, None, :]] for m in matrices)
 
 
@@ -101,10 +110,11 @@ def _as_matrix(values, name: str = "outcomes") -> np.ndarray:
     return values
 
 
-def bootstrap_means(outcomes, replicates: int = REPLICATES, seed: int = 0) -> np.ndarray:
-    """Means of `replicates` two-way bootstrap resamples (seeds and problems) of `outcomes[seed, problem]`."""
+def bootstrap_means(outcomes, replicates: int = REPLICATES, seed: int = 0, resample: str = "both") -> np.ndarray:
+    """Means of `replicates` bootstrap resamples (seeds and problems, or problems alone) of `outcomes[seed, problem]`."""
     outcomes = _as_matrix(outcomes)
-    return np.concatenate([chunk.mean(axis=(1, 2)) for (chunk,) in _resampled([outcomes], replicates, seed)])
+    chunks = _resampled([outcomes], replicates, seed, resample)
+    return np.concatenate([chunk.mean(axis=(1, 2)) for (chunk,) in chunks])
 
 
 def mean_ci(outcomes, replicates: int = REPLICATES, seed: int = 0, level: float = 0.95) -> Estimate:
@@ -116,26 +126,33 @@ def mean_ci(outcomes, replicates: int = REPLICATES, seed: int = 0, level: float 
 
 
 def paired_difference(
-    a, b, replicates: int = REPLICATES, seed: int = 0, level: float = 0.95, statistic: str = "mean"
+    a,
+    b,
+    replicates: int = REPLICATES,
+    seed: int = 0,
+    level: float = 0.95,
+    statistic: str = "mean",
+    resample: str = "both",
 ) -> Estimate:
     """
     `statistic(a) - statistic(b)` over seeds and problems (both `[seed, problem]`, the same seeds and problems in the
     same order), with its bootstrap interval and two-sided p-value. `statistic` is `"mean"` (accuracies, rewards) or
     `"median"` (heavy-tailed figures such as gradient norms, where one outlier step would dominate a mean); the
-    bootstrap draws the same seeds and columns for `a` and `b`.
+    bootstrap draws the same seeds and columns for `a` and `b`. `resample="problems"` draws problems alone (see
+    [`_resampled`]): for showing what the seeds add, not for a verdict.
     """
     a, b = _as_matrix(a, "a"), _as_matrix(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"paired outcomes must have the same (seeds, problems) shape, got {a.shape} and {b.shape}.")
     if statistic == "mean":
         diff = a - b
-        point, replicate_values = diff.mean(), bootstrap_means(diff, replicates, seed)
+        point, replicate_values = diff.mean(), bootstrap_means(diff, replicates, seed, resample)
     elif statistic == "median":
         point = np.median(a) - np.median(b)
         replicate_values = np.concatenate(
             [
                 np.median(x.reshape(len(x), -1), axis=1) - np.median(y.reshape(len(y), -1), axis=1)
-                for x, y in _resampled([a, b], replicates, seed)
+                for x, y in _resampled([a, b], replicates, seed, resample)
             ]
         )
     else:

@@ -1,6 +1,8 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 """Held-out evaluation: how often a policy answers prompts it was not trained on, problem by problem."""
 
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -8,6 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from datasets import Dataset
 from tqdm.auto import tqdm
+from transformers import TrainerCallback
+
+from .runfiles import HeldoutRecord, RunFiles
 
 
 @dataclass
@@ -137,3 +142,101 @@ def _score(model, tokenizer, rows, encoded, conversational, reward_func, max_new
     prompts = columns.pop("prompt")
     rewards = reward_func(completions=completions, prompts=prompts, **columns)
     return [1.0 if r is not None and r >= 1.0 else 0.0 for r in rewards]
+
+
+class HeldoutEvaluator(TrainerCallback):
+    """
+    Held-out accuracy of a training run before training, every `heldout_eval_steps` optimizer steps and after
+    training.
+
+    Each evaluation is appended to the run's `heldout.jsonl` ([`~runfiles.HeldoutRecord`], with its per-problem
+    outcomes, so that confidence intervals and paired differences can be computed later), and its accuracies to the
+    trainer's log history: `heldout/accuracy` (pass@1 on the whole held-out set), `heldout/greedy_accuracy`, and
+    `heldout/interim_accuracy` (pass@1 on the first `heldout_interim_max_samples` problems, the set the evaluations
+    during training use).
+    """
+
+    def __init__(self, trainer, dataset, script_args, files: RunFiles):
+        self.trainer, self.dataset, self.script_args, self.files = trainer, dataset, script_args, files
+        self.interim_size = min(script_args.heldout_interim_max_samples or len(dataset), len(dataset))
+        self.fingerprint = fingerprint(dataset)
+
+    def before(self) -> HeldoutResult:
+        source = self.script_args.heldout_before_from
+        if source is not None:
+            records = RunFiles(source).read_heldout()
+            if not records or records[0].step != 0 or records[0].fingerprint != self.fingerprint:
+                raise ValueError(
+                    f"heldout_before_from={source!r}: its first evaluation is not of this held-out set before training."
+                )
+            result = HeldoutResult(records[0].sampled, records[0].greedy, seconds=0.0)
+        else:
+            result = self._evaluate("held-out eval (before)", self.dataset, self.script_args.heldout_greedy)
+        if self.trainer.accelerator.is_main_process:
+            self.files.start_heldout()
+        # `Trainer.train` starts a fresh log history: the entry joins it after training.
+        self._before_entry = self._record(0, result, full=True)
+        return result
+
+    def after(self) -> HeldoutResult:
+        result = self._evaluate("held-out eval (after)", self.dataset, self.script_args.heldout_greedy)
+        log_history = self.trainer.state.log_history
+        log_history.insert(0, self._before_entry)
+        log_history.append(self._record(self.trainer.state.global_step, result, full=True))
+        return result
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = self.script_args.heldout_eval_steps
+        if state.global_step % every == 0 and state.global_step < state.max_steps:
+            subset = self.dataset.select(range(self.interim_size))
+            result = self._evaluate(f"held-out eval (step {state.global_step})", subset, greedy=False, num_samples=1)
+            state.log_history.append(
+                self._record(state.global_step, result, full=self.interim_size == len(self.dataset))
+            )
+        return control
+
+    def _evaluate(self, desc, dataset, greedy, num_samples=None) -> HeldoutResult:
+        trainer, args = self.trainer, self.trainer.args
+        # Accuracy is what the held-out number means: the first reward function named like it, else the first one.
+        named = trainer.reward_funcs[-len(self.script_args.reward_funcs) :]
+        reward = next((f for f in named if "accuracy" in getattr(f, "__name__", "")), named[0])
+        return evaluate_heldout(
+            trainer.model,
+            trainer.processing_class,
+            dataset,
+            reward,
+            num_samples=num_samples or self.script_args.heldout_num_samples,
+            greedy=greedy,
+            max_new_tokens=args.max_completion_length,
+            temperature=args.temperature,
+            batch_size=max(args.per_device_eval_batch_size, 16),
+            seed=args.seed,
+            desc=desc,
+            disable_progress=not trainer.accelerator.is_main_process,
+        )
+
+    def _record(self, step, result, full) -> dict:
+        entry = {"step": step}
+        if full:
+            entry["heldout/accuracy"] = result.pass_at_1
+            if result.greedy is not None:
+                entry["heldout/greedy_accuracy"] = result.greedy_accuracy
+        if self.interim_size < len(self.dataset) or not full:
+            entry["heldout/interim_accuracy"] = HeldoutResult(result.sampled[: self.interim_size]).pass_at_1
+        if self.trainer.accelerator.is_main_process:
+            self.files.append_heldout(
+                HeldoutRecord(
+                    step=step,
+                    problems=len(result.sampled),
+                    fingerprint=self.fingerprint if full else None,
+                    seconds=result.seconds,
+                    sampled=result.sampled,
+                    greedy=result.greedy,
+                )  # fmt: skip
+            )
+        return entry
+
+
+def fingerprint(dataset) -> str:
+    """A short hash of a dataset's prompts: two evaluations compare only on the same held-out set."""
+    return hashlib.sha256(json.dumps(list(dataset["prompt"]), sort_keys=True).encode()).hexdigest()[:16]
