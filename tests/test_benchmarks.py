@@ -283,7 +283,7 @@ def test_benchmark_v2_resampling_table_sets_problems_alone_beside_seeds_and_prob
         summary = RunSummary(name, seed, heldout_accuracy_after=value)
         return RunRecord(name, seed, summary, [], [before, after])
 
-    records = [run("opo", s, v) for s, v in zip((0, 1, 2), (0.0, 0.5, 1.0))] + [
+    records = [run("opo", s, v) for s, v in zip((0, 1, 2), (0.0, 0.5, 1.0), strict=True)] + [
         run("grpo", s, 0.25) for s in (0, 1, 2)
     ]
     (row,) = [line for line in bench.resampling_table(records).splitlines() if line.startswith("| grpo |")]
@@ -292,3 +292,28 @@ def test_benchmark_v2_resampling_table_sets_problems_alone_beside_seeds_and_prob
     assert cells[:2] == ["grpo", "3"] and cells[3] == "+0.250 [+0.250, +0.250]"
     assert cells[2].startswith("+0.250 [-0.250, ") and cells[2] != cells[3]
     assert cells[4:] == ["0.000..1.000", "0.250..0.250"]
+
+
+def test_benchmark_v3_pilot_figures_and_plan_from_raw_files(tmp_path):
+    from opo_trl.harness.runfiles import HeldoutRecord, RunFiles, RunSummary
+
+    bench = load_script("benchmark_v3")
+    files = RunFiles(tmp_path)
+    # K = 2: steps 1, 3, 5 generate (reward logged) and take 10, 11, 12 s; steps 2, 4, 6 reuse and take 3 s each.
+    files.write_metrics(
+        [
+            {"step": t, "step_time": (9.0 + (t + 1) / 2) if t % 2 else 3.0} | ({"reward": 0.1 * t} if t % 2 else {})
+            for t in range(1, 7)
+        ]  # fmt: skip
+    )
+    files.start_heldout()
+    files.append_heldout(HeldoutRecord(0, 4, "f", 12.0, [[1.0, 0.0]] * 4, [1.0] * 4))  # 4 x (2 + 1) sequences in 12 s
+    files.write_summary(RunSummary("opo", 0, wall_seconds=100.0))
+    figures = bench.pilot_figures(files)
+    # The first generating step is warm-up: median of 11 and 12 is 11.5; rollout = 11.5 - 3.
+    assert figures["seconds_generating_step"] == 11.5 and figures["seconds_reusing_step"] == 3.0
+    assert figures["seconds_per_rollout"] == 8.5 and figures["eval_seconds_per_sequence"] == 1.0
+    assert figures["rollout_rewards"] == pytest.approx([0.1, 0.3, 0.5])
+    # A grid run at K = 4: 32 rollouts x (11.5 + 3 x 3) s, 100 sequences evaluated once, 60 s setup.
+    assert bench.minutes_per_run(figures, 4, 100, evaluate_before=False) == pytest.approx((60 + 32 * 20.5 + 100) / 60)
+    assert bench.minutes_per_run(figures, 4, 100, evaluate_before=True) == pytest.approx((60 + 32 * 20.5 + 200) / 60)

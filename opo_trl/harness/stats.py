@@ -95,11 +95,11 @@ def _resampled(matrices, replicates: int, seed: int, resample: str = "both"):
     # In chunks, to keep the (chunk, seeds, columns) index arrays small.
     for start in range(0, replicates, 500):
         size = min(500, replicates - start)
-        columns = rng.integers(0, n_columns, size=(size, n_columns))
         if resample == "both":
             seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
         else:
             seeds = np.broadcast_to(np.arange(n_seeds), (size, n_seeds))
+        columns = rng.integers(0, n_columns, size=(size, n_columns))
         yield tuple(m[seeds[:, :, None], columns[:, None, :]] for m in matrices)
 
 
