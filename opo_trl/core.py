@@ -534,6 +534,8 @@ def ratio_statistics(
       Delta is a per-token mean, and it is the chi-square of the geometric-mean token ratio.
     - `equilibrium_gap`: `mean |mu * v - g|` with v the ratio field the quadratic acts on (Delta, or exp(Delta) - 1
       in the exact form): how far the policy is from the closed-form step v* = g / mu.
+    - `step/abs_mean` and `closed_form_step/abs_mean`: `mean |v|` and `mean |g / mu|`; their ratio is how much of its
+      own closed-form step the policy has taken (0 on a rollout's first step, 1 at the optimum of the quadratic).
     """
     delta, drive = delta.detach().float(), drive.detach().float()
     mu = mu.detach().float() if isinstance(mu, torch.Tensor) else mu
@@ -544,6 +546,8 @@ def ratio_statistics(
             "delta/abs_max": delta.abs().max(),
             "chi2": torch.expm1(delta.clamp(max=MAX_EXACT_LOG_RATIO)).pow(2).mean(),
             "equilibrium_gap": (mu * v - drive).abs().mean(),
+            "step/abs_mean": v.abs().mean(),
+            "closed_form_step/abs_mean": (drive / mu).abs().mean(),
         }
     )
 

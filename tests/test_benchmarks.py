@@ -256,6 +256,9 @@ def test_benchmark_v3_rollout_serves_k_optimizer_steps(tmp_path, tiny_model_path
     assert len(steps) == 2 * k
     if algorithm == "opo":
         assert all("opo/delta/abs_max" in e and "opo/equilibrium_gap" in e for e in steps)
+        # The report's |Delta| / Delta*: on a rollout's first step no step is taken yet, on later ones some is.
+        fractions = [e["opo/step/abs_mean"] / e["opo/closed_form_step/abs_mean"] for e in steps]
+        assert all(f == 0 for f in fractions[::k]) and all(f > 0 for i, f in enumerate(fractions) if i % k)
         assert sum("opo/mu" in e for e in steps) == 2  # once per rollout
         reused = [e["opo/delta/abs_max"] for i, e in enumerate(steps) if i % k]
         assert all(d > 0 for d in reused) and len(reused) == 2 * (k - 1)  # later steps see Delta != 0

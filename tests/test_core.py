@@ -371,6 +371,11 @@ def test_equilibrium_gap_uses_the_ratio_field_of_the_loss():
     v = [math.expm1(0.2), math.expm1(-0.1)]
     assert exact["equilibrium_gap"] == pytest.approx((abs(2 * v[0] - 0.3) + abs(2 * v[1] + 0.3)) / 2, rel=1e-6)
     assert log["chi2"] == exact["chi2"] == pytest.approx((v[0] ** 2 + v[1] ** 2) / 2, rel=1e-6)
+    # How much of the closed-form step v* = g / mu = (0.15, -0.15) was taken: |v| against |g / mu|.
+    assert log["step/abs_mean"] == pytest.approx((0.2 + 0.1) / 2) and exact["step/abs_mean"] == pytest.approx(
+        (abs(v[0]) + abs(v[1])) / 2, rel=1e-6
+    )
+    assert log["closed_form_step/abs_mean"] == exact["closed_form_step/abs_mean"] == pytest.approx(0.15)
 
 
 def test_half_range_of_the_drive_per_group():

@@ -128,6 +128,8 @@ OPO_METRICS = (
     "opo/delta/abs_max",
     "opo/chi2",
     "opo/equilibrium_gap",
+    "opo/step/abs_mean",
+    "opo/closed_form_step/abs_mean",
     "opo/positivity_violations",
     "opo/policy_loss",
 )
