@@ -552,6 +552,16 @@ def ratio_statistics(
     )
 
 
+def rollout_kl(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor) -> torch.Tensor:
+    """
+    Per-token estimate of KL(pi_k || pi_theta), the current policy's distance from the rollout policy, on tokens the
+    rollout policy sampled: `r - 1 - log r` with `r = pi_theta / pi_k` (the unbiased, non-negative "k3" estimator).
+    0 on a rollout's first step; it grows as a reused rollout's policy moves away.
+    """
+    log_r = per_token_logps.detach().float() - old_per_token_logps.detach().float()
+    return torch.expm1(log_r) - log_r
+
+
 def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean token entropy H over the unmasked tokens of a micro-batch, as TRL's entropy bonus `- coef * H` uses it."""
     mask = mask.to(entropies.dtype)

@@ -15,6 +15,7 @@ from .core import (
     escort_statistics,
     opo_sequence_loss,
     ratio_statistics,
+    rollout_kl,
     sequence_importance_weight,
     sequence_log_prob,
     sequence_log_ratio,
@@ -337,16 +338,18 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             loss = loss + self.router_aux_loss_coef * aux_loss / normalizer
             self._metrics[mode]["aux_loss"].append(self.accelerator.gather(aux_loss.detach()).mean().item())
 
-        self._log_loss_metrics(mode, mask, entropies, out, inputs, mu, policy_loss)
+        kl = rollout_kl(per_token_logps, old_per_token_logps)
+        self._log_loss_metrics(mode, mask, entropies, out, inputs, mu, policy_loss, kl)
         return loss
 
-    def _log_loss_metrics(self, mode, mask, entropies, out, inputs, mu, policy_loss):
+    def _log_loss_metrics(self, mode, mask, entropies, out, inputs, mu, policy_loss, kl_to_rollout):
         def global_masked_mean(x):
             totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
             return (totals[0] / totals[1].clamp(min=1.0)).item()
 
         metrics = self._metrics[mode]
         metrics["entropy"].append(global_masked_mean(entropies))
+        metrics["rollout_kl"].append(global_masked_mean(kl_to_rollout))
         if out.kl is not None:
             metrics["kl"].append(global_masked_mean(out.kl))
         # One value per sequence from every process: these are what the paper's claims are about.

@@ -254,6 +254,9 @@ def test_benchmark_v3_rollout_serves_k_optimizer_steps(tmp_path, tiny_model_path
     assert generated == [12, 12] and trainer.state.global_step == 2 * k
     steps = [e for e in trainer.state.log_history if "grad_norm" in e]
     assert len(steps) == 2 * k
+    # Both trainers log how far the policy has moved from the rollout's: 0 on a rollout's first step, then more.
+    kl = [e["rollout_kl"] for e in steps]
+    assert all(d == 0 for d in kl[::k]) and all(d > 0 for i, d in enumerate(kl) if i % k)
     if algorithm == "opo":
         assert all("opo/delta/abs_max" in e and "opo/equilibrium_gap" in e for e in steps)
         # The report's |Delta| / Delta*: on a rollout's first step no step is taken yet, on later ones some is.

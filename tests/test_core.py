@@ -16,6 +16,7 @@ from opo_trl.core import (
     opo_sequence_loss,
     per_token_kl,
     ratio_statistics,
+    rollout_kl,
     sequence_log_prob,
     sequence_log_ratio,
     trust_region_mu,
@@ -376,6 +377,15 @@ def test_equilibrium_gap_uses_the_ratio_field_of_the_loss():
         (abs(v[0]) + abs(v[1])) / 2, rel=1e-6
     )
     assert log["closed_form_step/abs_mean"] == exact["closed_form_step/abs_mean"] == pytest.approx(0.15)
+
+
+def test_rollout_kl_is_the_k3_estimator_by_hand():
+    old = torch.log(torch.tensor([[0.5, 0.25, 0.5]]))
+    new = torch.log(torch.tensor([[0.5, 0.5, 0.25]]))
+    # r = new / old = 1, 2, 1/2: r - 1 - log r = 0, 1 - log 2, log 2 - 1/2.
+    expected = torch.tensor([[0.0, 1 - math.log(2), math.log(2) - 0.5]])
+    torch.testing.assert_close(rollout_kl(new, old), expected)
+    assert rollout_kl(new, new).abs().max() == 0
 
 
 def test_half_range_of_the_drive_per_group():

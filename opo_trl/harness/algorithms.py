@@ -7,15 +7,43 @@ all read this one table.
 
 from dataclasses import dataclass, field
 
+import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import OPOConfig
+from ..core import rollout_kl
 from ..rollout_state import RolloutCheckpointMixin
 from ..trainer import OPOTrainer
 
 
 class BaselineTrainer(RolloutCheckpointMixin, GRPOTrainer):
-    """TRL's `GRPOTrainer` unchanged, but for checkpoints that hold the pending rollout, as OPOTrainer's do."""
+    """
+    TRL's `GRPOTrainer` unchanged, but for checkpoints that hold the pending rollout, as OPOTrainer's do, and one more
+    metric, `rollout_kl` (as OPOTrainer logs it): how far a reused rollout's policy has moved from the one that sampled
+    it, which TRL does not log.
+    """
+
+    _loss_inputs = None
+
+    def _compute_loss(self, model, inputs):
+        self._loss_inputs = inputs  # read by the policy forward below, the only one inside `_compute_loss`
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_inputs = None
+
+    def _get_per_token_logps_and_entropies(self, *args, **kwargs):
+        output = super()._get_per_token_logps_and_entropies(*args, **kwargs)
+        inputs = self._loss_inputs
+        if inputs is not None:
+            logps = output[0]
+            old = inputs.get("old_per_token_logps")
+            kl = rollout_kl(logps, logps if old is None else old)
+            mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
+            totals = self.accelerator.reduce(torch.stack([(kl * mask).sum(), mask.sum().float()]), reduction="sum")
+            mode = "train" if self.model.training else "eval"
+            self._metrics[mode]["rollout_kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+        return output
 
 
 @dataclass(frozen=True)
