@@ -8,6 +8,7 @@ clipping allows GRPO and GSPO. Phases, in order:
     python benchmarks/benchmark_v3.py pilot             # model.generate against vLLM: rollout accuracy and cost
     python benchmarks/benchmark_v3.py plan              # hours of the whole grid, from the pilot
     python benchmarks/benchmark_v3.py runs [--jobs 2]   # every algorithm x K x seed, resumable, raw files committed
+    python benchmarks/benchmark_v3.py report            # the tables and the plot of the finished runs
 
 It reuses benchmark v2's machinery (a run is `python -m opo_trl.harness.run` in its own process; raw files are copied to
 `docs/benchmark_v3/runs/` and committed as each run finishes; a finished run is never run again).
@@ -161,6 +162,140 @@ def plan(max_completion_length: int, jobs: int) -> dict:
     return out
 
 
+def run_figures(record, k: int) -> dict:
+    """
+    What one finished grid run did (`record`: a `compare.RunRecord`): its accuracy gain per thousand generated
+    completion tokens and per minute of training, and, at the last optimizer step of each rollout (where reuse has
+    gone furthest), the median clipped fraction, KL from the rollout policy and how much of its closed-form step OPO
+    has taken; the zero-gradient steps with a signal; the entropy over the last quarter of the steps.
+    """
+    import statistics
+
+    steps = record.steps
+    generating = [e for e in steps if "reward" in e]
+    tokens = sum(e["completions/mean_length"] * PROMPTS_PER_ROLLOUT * G for e in generating)
+    seconds = sum(e.get("step_time", 0.0) for e in steps)
+    summary = record.summary
+    gain = summary.heldout_accuracy_after - summary.heldout_accuracy_before
+    last = [e for e in steps if e["step"] % k == 0 and "grad_norm" in e]
+
+    def median(key, of=last):
+        values = [e[key] for e in of if e.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    fractions = [
+        e["opo/step/abs_mean"] / e["opo/closed_form_step/abs_mean"]
+        for e in last
+        if e.get("opo/closed_form_step/abs_mean")
+    ]
+    quarter = [e for e in steps if "entropy" in e][-max(1, len(steps) // 4) :]
+    return {
+        "gain_per_1k_tokens": 1000 * gain / tokens if tokens else None,
+        "gain_per_minute": 60 * gain / seconds if seconds else None,
+        "clip_fraction": median("clip_ratio/region_mean"),
+        "rollout_kl": median("rollout_kl"),
+        "closed_form_fraction": statistics.median(fractions) if fractions else None,
+        "zero_gradient_steps": record.zero_gradient_steps(),
+        "entropy_late": statistics.fmean(e["entropy"] for e in quarter) if quarter else None,
+    }
+
+
+def report(max_completion_length: int) -> str:
+    """The tables of the finished grid runs (pass@1 per K and algorithm, OPO minus each baseline per K, what reuse did
+    to training) and the plot of pass@1 against K, into `DOCS`; returns the markdown."""
+    import statistics
+
+    from opo_trl.harness.compare import load_run, outcome_matrix
+    from opo_trl.harness.stats import mean_ci, paired_difference
+
+    done = [r for r in runs(max_completion_length) if r.done]
+    records = {}
+    for r in done:
+        name, k = r.name.rsplit("-K", 1)
+        records.setdefault((name, int(k)), []).append(load_run(r.docs_dir, r.name, r.seed))
+    names = [n for n in [*ALGORITHMS, *EXTRA_AT_LARGEST_K] if any(key[0] == n for key in records)]
+
+    def fmt(value, digits=3):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    def spread(values, digits=3):
+        values = [v for v in values if v is not None]
+        return "n/a" if not values else f"{statistics.median(values):.{digits}f}"
+
+    lines = [
+        "| K | algorithm | seeds | held-out pass@1 [95% CI] | greedy [95% CI] | gain per 1k generated tokens | gain per "
+        "training minute | clip fraction at last reuse | KL to rollout policy at last reuse | share of closed-form step "
+        "at last reuse | zero-gradient steps with a signal | entropy, last quarter |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    curves = {}
+    for k in K_VALUES:
+        for name in names:
+            group = sorted(records.get((name, k), []), key=lambda r: r.seed)
+            if not group:
+                continue
+            seeds = [r.seed for r in group]
+            sampled, greedy = outcome_matrix(group, seeds), outcome_matrix(group, seeds, greedy=True)
+            estimate = mean_ci(sampled)
+            curves.setdefault(name, []).append((k, estimate))
+            figures = [run_figures(r, k) for r in group]
+            zero = [f["zero_gradient_steps"] for f in figures]
+            lines.append(
+                f"| {k} | {name} | {len(group)} | {estimate} | {mean_ci(greedy) if greedy is not None else 'n/a'} | "
+                f"{spread([f['gain_per_1k_tokens'] for f in figures], 4)} | "
+                f"{spread([f['gain_per_minute'] for f in figures], 4)} | "
+                f"{spread([f['clip_fraction'] for f in figures])} | {spread([f['rollout_kl'] for f in figures], 4)} | "
+                f"{spread([f['closed_form_fraction'] for f in figures], 2)} | "
+                f"{sum(z for z, _ in zero)} of {sum(s for _, s in zero)} | "
+                f"{spread([f['entropy_late'] for f in figures], 2)} |"
+            )
+    text = "## Held-out pass@1 and what reuse did, per K (medians over seeds unless an interval is given)\n\n"
+    text += "\n".join(lines) + "\n"
+
+    lines = [
+        "| K | comparison | seeds | difference in held-out pass@1 [95% CI], p | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for k in K_VALUES:
+        for ours in [n for n in names if n.startswith("opo")]:
+            for baseline in [n for n in names if not n.startswith("opo")]:
+                a, b = records.get((ours, k), []), records.get((baseline, k), [])
+                seeds = sorted({r.seed for r in a} & {r.seed for r in b})
+                if not seeds:
+                    continue
+                diff = paired_difference(outcome_matrix(a, seeds), outcome_matrix(b, seeds))
+                lines.append(f"| {k} | {ours} - {baseline} | {len(seeds)} | {diff} | {diff.verdict} |")
+    text += "\n## OPO minus each baseline, per K (paired on common seeds and the same problems)\n\n"
+    text += "\n".join(lines) + "\n"
+    (DOCS / "report.md").write_text("# Benchmark v3: rollout reuse\n\n" + text)
+    plot_reuse(curves, DOCS / "reuse.png")
+    return text
+
+
+def plot_reuse(curves: dict, path) -> None:
+    """Held-out pass@1 against K, one line per algorithm with its 95% interval as a band."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        ks = [k for k, _ in points]
+        ax.plot(ks, [e.mean for _, e in points], marker="o", label=name)
+        ax.fill_between(ks, [e.low for _, e in points], [e.high for _, e in points], alpha=0.15)
+    ax.set(xscale="log", xlabel="optimizer steps per rollout (K)", ylabel="held-out pass@1 after 32 rollouts")
+    ax.set_xticks(K_VALUES, [str(k) for k in K_VALUES])
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def truncated_fractions(completion_lengths: list[int], ended: list[bool], budgets=BUDGETS) -> dict[int, float]:
     """
     Fraction of completions cut at each budget B, from completions sampled at the largest budget: a completion is cut
@@ -207,7 +342,7 @@ def measure_budget(num_problems: int = 64, seed: int = 0) -> dict:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("phase", choices=["budget", "pilot", "plan", "runs"])
+    parser.add_argument("phase", choices=["budget", "pilot", "plan", "runs", "report"])
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (each gets cores / jobs threads).")
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "benchmark_v3"), help="Where runs write.")
     parser.add_argument("--commit", action="store_true", help="Commit each finished run's raw files.")
@@ -234,6 +369,8 @@ def main(argv=None):
                   f"({len(f['rollout_rewards'])} rollouts), {f['seconds_per_rollout']:.1f} s per rollout, "
                   f"{f['seconds_reusing_step']:.1f} s per reusing step, {f['eval_seconds_per_sequence']:.2f} s per "
                   f"evaluated sequence -> grid {entry['grid_hours']:.1f} h ({entry['runs']} runs, {args.jobs} at a time)")  # fmt: skip
+    elif args.phase == "report":
+        print(report(length))
     else:
         v2.run_phase(runs(length), args.jobs, Path(args.work_dir), args.commit)
 

@@ -323,3 +323,68 @@ def test_benchmark_v3_pilot_figures_and_plan_from_raw_files(tmp_path):
     # A grid run at K = 4: 32 rollouts x (11.5 + 3 x 3) s, 100 sequences evaluated once, 60 s setup.
     assert bench.minutes_per_run(figures, 4, 100, evaluate_before=False) == pytest.approx((60 + 32 * 20.5 + 100) / 60)
     assert bench.minutes_per_run(figures, 4, 100, evaluate_before=True) == pytest.approx((60 + 32 * 20.5 + 200) / 60)
+
+
+def v3_record(name, seed, after, k=2, steps=4):
+    """A finished v3 run: K = k, `steps` optimizer steps, every rollout 12 completions of 10 tokens, 30 s a step."""
+    from opo_trl.harness.compare import RunRecord
+    from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
+
+    logged = []
+    for t in range(1, steps + 1):
+        entry = {"step": t, "grad_norm": 1.0, "step_time": 30.0, "entropy": 0.1 * t, "rollout_kl": 0.01 * t}
+        if t % k == 1 % k:
+            entry |= {"reward": 0.5, "completions/mean_length": 10.0, "frac_reward_zero_std": 0.5}
+        if name.startswith("opo"):
+            entry |= {
+                "opo/step/abs_mean": 0.05 * (t % k == 0) + 0.05 * (t == steps),
+                "opo/closed_form_step/abs_mean": 0.1,
+            }
+        else:
+            entry |= {"clip_ratio/region_mean": 0.1 * t}
+        logged.append(entry)
+    heldout = [
+        HeldoutRecord(0, 4, "f", 1.0, [[0.0, 0.0]] * 4, [0.0] * 4),
+        HeldoutRecord(steps, 4, "f", 1.0, [[after, after]] * 4, [after] * 4),
+    ]
+    summary = RunSummary(name, seed, heldout_accuracy_before=0.1, heldout_accuracy_after=0.1 + after)
+    return RunRecord(f"{name}-K{k}", seed, summary, logged, heldout)
+
+
+def test_benchmark_v3_run_figures_by_hand():
+    bench = load_script("benchmark_v3")
+    opo = bench.run_figures(v3_record("opo", 0, 0.2), 2)
+    # Rollouts at steps 1 and 3: 2 x 12 x 10 = 240 tokens; gain 0.2; 4 steps x 30 s = 2 minutes.
+    assert opo["gain_per_1k_tokens"] == pytest.approx(1000 * 0.2 / 240) and opo["gain_per_minute"] == pytest.approx(
+        0.1
+    )
+    # Last reuse of each rollout: steps 2 and 4. Share of the closed-form step 0.5 and 1.0; KL 0.02 and 0.04.
+    assert opo["closed_form_fraction"] == pytest.approx(0.75) and opo["rollout_kl"] == pytest.approx(0.03)
+    assert opo["clip_fraction"] is None and opo["zero_gradient_steps"] == (0, 4)
+    assert opo["entropy_late"] == pytest.approx(0.4)  # the last quarter of 4 steps: step 4
+    grpo = bench.run_figures(v3_record("grpo", 0, 0.2), 2)
+    assert grpo["clip_fraction"] == pytest.approx(0.3) and grpo["closed_form_fraction"] is None
+
+
+def test_benchmark_v3_report_tables_and_differences(tmp_path, monkeypatch):
+    from opo_trl.harness.runfiles import RunFiles
+
+    bench = load_script("benchmark_v3")
+    monkeypatch.setattr(bench, "DOCS", tmp_path)
+    monkeypatch.setattr(bench.v2, "DOCS", tmp_path)
+    monkeypatch.setattr(bench, "K_VALUES", (2,))
+    monkeypatch.setattr(bench, "ALGORITHMS", {"opo": ("opo", {}), "grpo": ("grpo", {})})
+    monkeypatch.setattr(bench, "EXTRA_AT_LARGEST_K", {})
+    # OPO solves 0.5 of every problem on each seed, GRPO 0.25: OPO ahead by 0.25 with no spread at all.
+    for run in bench.runs(64):
+        record = v3_record(run.name.split("-K")[0], run.seed, 0.5 if run.name.startswith("opo") else 0.25)
+        files = RunFiles(run.docs_dir)
+        files.write_summary(record.summary)
+        files.write_metrics(record.steps)
+        files.start_heldout()
+        for evaluation in record.heldout:
+            files.append_heldout(evaluation)
+    text = bench.report(64)
+    assert "| 2 | opo | 3 | 0.500 [0.500, 0.500] |" in text and "| 2 | grpo | 3 | 0.250 [0.250, 0.250] |" in text
+    assert "| 2 | opo - grpo | 3 | +0.250 [+0.250, +0.250]" in text and text.rstrip().endswith("| ahead |")
+    assert (tmp_path / "report.md").exists() and (tmp_path / "reuse.png").stat().st_size > 1000
