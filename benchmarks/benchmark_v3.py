@@ -112,6 +112,22 @@ def pilot_runs(max_completion_length: int) -> list[v2.Run]:
     ]
 
 
+def run_pilot(pilot: list, jobs: int, work_root: Path, commit: bool) -> None:
+    """The pilot's runs side by side (each evaluates the initial model itself: none waits for the other)."""
+    import os
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    def log(message):
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    threads = max(1, (os.cpu_count() or 2) // jobs)
+    pending = [r for r in pilot if not r.done]
+    with ThreadPoolExecutor(jobs) as pool:
+        for future in [pool.submit(v2.execute, r, work_root, threads, commit, log) for r in pending]:
+            future.result()
+
+
 def pilot_figures(files) -> dict:
     """A pilot run's rollout rewards and costs, from its raw files (`runfiles.RunFiles`)."""
     import statistics
@@ -359,7 +375,7 @@ def main(argv=None):
         raise SystemExit(f"no {budget}: run `benchmark_v3.py budget` first")
     length = json.loads(budget.read_text())["chosen_max_completion_length"]
     if args.phase == "pilot":
-        v2.run_phase(pilot_runs(length), args.jobs, Path(args.work_dir), args.commit)
+        run_pilot(pilot_runs(length), args.jobs, Path(args.work_dir), args.commit)
     elif args.phase == "plan":
         figures = plan(length, args.jobs)
         (DOCS / "plan.json").write_text(json.dumps(figures, indent=2) + "\n")
