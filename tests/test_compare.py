@@ -29,8 +29,8 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     algorithms, out = ["opo", "grpo", "dapo"], tmp_path / "cmp"
     summary = run_comparison(config, algorithms, [0, 1], out, in_process=True, learning_rates={"grpo": 2e-3}, last_k=2)
 
-    # reasoning-gym's verifiers score these runs, but every run records the install's answer checker all the same.
-    assert summary["answer_checker"] == answer_checker() == load_run(out / "opo-seed0").answer_checker
+    # reasoning-gym's verifiers score these runs: the answer checker of `accuracy` is not theirs, and not recorded.
+    assert summary["answer_checker"] == "unknown" == load_run(out / "opo-seed0").answer_checker
     rows = {r["algorithm"]: r for r in summary["algorithms"]}
     assert list(rows) == algorithms and rows["grpo"]["learning_rate"] == 2e-3 and rows["opo"]["learning_rate"] == 1e-3
     for row in rows.values():
@@ -173,7 +173,7 @@ def test_short_runs_and_single_seeds_get_no_verdict():
 def test_runs_scored_by_different_answer_checkers_are_not_compared(tmp_path, capsys):
     from opo_trl.harness.cli import main as cli_main
     from opo_trl.harness.compare import summary_markdown, summary_rows
-    from opo_trl.harness.rewards import STRINGS_AND_NUMBERS, answer_checker
+    from opo_trl.harness.rewards import STRINGS_AND_NUMBERS
 
     runs = _opo_and_grpo((0, 1, 2))
     for r in runs:
@@ -196,13 +196,15 @@ def test_runs_scored_by_different_answer_checkers_are_not_compared(tmp_path, cap
         summary_rows(old)
 
     # `opo-trl compare` refuses in one line, before training, when a finished run was scored otherwise than this
-    # install scores (the recipe does not exist: had a run started, it would have failed differently).
+    # install scores (the model does not exist: had a run started, it would have failed differently).
     out = tmp_path / "cmp"
     (out / "opo-seed0").mkdir(parents=True)
     (out / "opo-seed0" / "summary.json").write_text(
         json.dumps({"algorithm": "opo", "seed": 0, "answer_checker": STRINGS_AND_NUMBERS})
     )
-    argv = ["compare", "--config", str(tmp_path / "none.yaml"), "--algorithms", "opo", "grpo", "--seeds", "0",
+    recipe = tmp_path / "accuracy.yaml"  # scored by `accuracy`, so the runs to do will record this install's checker
+    recipe.write_text(yaml.safe_dump({"reward_funcs": ["accuracy"], "model_name_or_path": str(tmp_path / "none")}))
+    argv = ["compare", "--config", str(recipe), "--algorithms", "opo", "grpo", "--seeds", "0",
             "--output_dir", str(out)]  # fmt: skip
     assert cli_main(argv) == 2
     error = capsys.readouterr().err

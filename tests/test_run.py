@@ -141,6 +141,7 @@ def test_reasoning_gym_task_trains_and_records_per_problem_heldout_outcomes(tmp_
     assert [r.full for r in records] == [True, False, True]
     mean = sum(sum(s) / 2 for s in records[2].sampled) / 6
     assert summary["heldout_accuracy_after"] == pytest.approx(mean) and summary["heldout_split"] == "validation"
+    assert "answer_checker" not in summary  # reasoning_gym's reward does its own scoring
     assert summary["heldout_greedy_after"] == pytest.approx(sum(records[2].greedy) / 6)
     history = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     interim = [(e["step"], e["heldout/interim_accuracy"]) for e in history if "heldout/interim_accuracy" in e]

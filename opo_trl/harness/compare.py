@@ -136,7 +136,8 @@ def run_comparison(
     output_dir.mkdir(parents=True, exist_ok=True)
     learning_rates = learning_rates or {}
     pairs = [(seed, algorithm) for seed in seeds for algorithm in algorithms]
-    # Before any training: the runs still to do will be scored by this install's checker.
+    # Before any training: the runs still to do will be scored by this install's checker, if their rewards use it.
+    expected = answer_checker() if "accuracy" in _reward_names(config, extra_args) else UNKNOWN_CHECKER
     checkers = {}
     for seed, algorithm in pairs:
         files = RunFiles(output_dir / f"{algorithm}-seed{seed}")
@@ -144,7 +145,7 @@ def run_comparison(
             checker = files.read_summary().answer_checker or UNKNOWN_CHECKER
             checkers.setdefault(checker, []).append(f"{algorithm}-seed{seed}")
         else:
-            checkers.setdefault(answer_checker(), []).append(f"{algorithm}-seed{seed} (to run)")
+            checkers.setdefault(expected, []).append(f"{algorithm}-seed{seed} (to run)")
     common_answer_checker(checkers)
     for seed, algorithm in tqdm(pairs, desc="comparison runs"):
         run_dir = output_dir / f"{algorithm}-seed{seed}"
@@ -171,6 +172,17 @@ def run_comparison(
         if RunFiles(output_dir / f"{a}-seed{s}").finished
     ]
     return write_report(runs, output_dir, last_k=last_k)
+
+
+def _reward_names(config, extra_args) -> list[str]:
+    """The reward functions the runs will use: the recipe's `reward_funcs` (default `accuracy`), or the command line's."""
+    from .arguments import load_recipe
+
+    args = list(extra_args)
+    if "--reward_funcs" in args:
+        values = args[args.index("--reward_funcs") + 1 :]
+        return list(values[: next((i for i, v in enumerate(values) if v.startswith("--")), len(values))])
+    return list(load_recipe(str(config)).get("reward_funcs", ["accuracy"]))
 
 
 def common_answer_checker(checkers: dict[str, list[str]]) -> str | None:
@@ -408,7 +420,7 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
 def _checker_text(summary: dict) -> str:
     checker = summary.get("answer_checker")
     if checker == UNKNOWN_CHECKER:
-        return "unknown (the run files predate its record)"
+        return "not recorded (the run files predate its record, or the runs' rewards do not use it)"
     return "n/a" if checker is None else checker
 
 

@@ -32,7 +32,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     from .evaluation import HeldoutEvaluator
     from .models import resolve_model
     from .plots import plot_reward_curve
-    from .rewards import answer_checker, get_reward_function
+    from .rewards import accuracy_reward, answer_checker, get_reward_function
 
     began = time.perf_counter()
     algorithm = ALGORITHMS[script_args.algorithm]
@@ -100,8 +100,9 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         seed=training_args.seed,
         model=model_id,
         learning_rate=training_args.learning_rate,
-        # How `accuracy` decides (math-verify and its version): runs scored differently are not comparable.
-        answer_checker=answer_checker(),
+        # How `accuracy` decides (math-verify and its version): runs scored differently are not comparable. Only a run
+        # that scores with it records it (reasoning_gym's reward, say, does its own scoring).
+        answer_checker=answer_checker() if accuracy_reward in reward_funcs else None,
         threads=torch.get_num_threads(),
     )
     files = RunFiles(training_args.output_dir)
