@@ -320,9 +320,10 @@ def test_benchmark_v3_pilot_figures_and_plan_from_raw_files(tmp_path):
     assert figures["seconds_generating_step"] == 11.5 and figures["seconds_reusing_step"] == 3.0
     assert figures["seconds_per_rollout"] == 8.5 and figures["eval_seconds_per_sequence"] == 1.0
     assert figures["rollout_rewards"] == pytest.approx([0.1, 0.3, 0.5])
-    # A grid run at K = 4: 32 rollouts x (11.5 + 3 x 3) s, 100 sequences evaluated once, 60 s setup.
-    assert bench.minutes_per_run(figures, 4, 100, evaluate_before=False) == pytest.approx((60 + 32 * 20.5 + 100) / 60)
-    assert bench.minutes_per_run(figures, 4, 100, evaluate_before=True) == pytest.approx((60 + 32 * 20.5 + 200) / 60)
+    # A grid run at K = 4: ROLLOUTS x (11.5 + 3 x 3) s, 100 sequences evaluated once, 60 s setup.
+    rollouts = bench.ROLLOUTS * 20.5
+    assert bench.minutes_per_run(figures, 4, 100, evaluate_before=False) == pytest.approx((60 + rollouts + 100) / 60)
+    assert bench.minutes_per_run(figures, 4, 100, evaluate_before=True) == pytest.approx((60 + rollouts + 200) / 60)
 
 
 def v3_record(name, seed, after, k=2, steps=4):
