@@ -372,6 +372,9 @@ def main(argv=None):
     parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (each gets cores / jobs threads).")
     parser.add_argument("--work_dir", default=str(REPO / "runs" / "benchmark_v3"), help="Where runs write.")
     parser.add_argument("--commit", action="store_true", help="Commit each finished run's raw files.")
+    parser.add_argument(
+        "--only", nargs="+", metavar="CELL", help="`runs`: only these cells, in this order, e.g. `opo-K1 gspo-K8`."
+    )
     args = parser.parse_args(argv)
     v2.DOCS = DOCS  # v2's runs copy their raw files under DOCS/runs
     if args.phase == "budget":
@@ -398,7 +401,15 @@ def main(argv=None):
     elif args.phase == "report":
         print(report(length))
     else:
-        v2.run_phase(runs(length), args.jobs, Path(args.work_dir), args.commit)
+        grid = runs(length)
+        unknown = set(args.only or []) - {r.name for r in grid}
+        if unknown:
+            raise SystemExit(
+                f"--only: no cell {', '.join(sorted(unknown))} in the grid ({', '.join(dict.fromkeys(r.name for r in grid))})"
+            )
+        if args.only:  # the named cells, in the order named
+            grid = sorted((r for r in grid if r.name in args.only), key=lambda r: args.only.index(r.name))
+        v2.run_phase(grid, args.jobs, Path(args.work_dir), args.commit)
 
 
 if __name__ == "__main__":

@@ -389,3 +389,16 @@ def test_benchmark_v3_report_tables_and_differences(tmp_path, monkeypatch):
     assert "| 2 | opo | 3 | 0.500 [0.500, 0.500] |" in text and "| 2 | grpo | 3 | 0.250 [0.250, 0.250] |" in text
     assert "| 2 | opo - grpo | 3 | +0.250 [+0.250, +0.250]" in text and text.rstrip().endswith("| ahead |")
     assert (tmp_path / "report.md").exists() and (tmp_path / "reuse.png").stat().st_size > 1000
+
+
+def test_benchmark_v3_only_runs_the_named_cells(monkeypatch):
+    bench = load_script("benchmark_v3")
+    with pytest.raises(SystemExit, match="--only: no cell opo-K3 in the grid"):
+        bench.main(["runs", "--only", "opo-K3"])
+    started = []
+    monkeypatch.setattr(bench.v2, "run_phase", lambda grid, *args: started.extend(grid))
+    bench.main(["runs", "--only", "opo-K1", "gspo-K8"])
+    # In the order named, though the grid runs gspo-K8 first.
+    assert [(r.name, r.seed) for r in started] == [("opo-K1", s) for s in bench.SEEDS] + [
+        ("gspo-K8", s) for s in bench.SEEDS
+    ]
