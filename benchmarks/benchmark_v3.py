@@ -191,8 +191,8 @@ def plan(max_completion_length: int, jobs: int) -> dict:
 def run_figures(record, k: int) -> dict:
     """
     What one finished grid run did (`record`: a `compare.RunRecord`): its accuracy gain per thousand generated
-    completion tokens and per minute of training, and, at the last optimizer step of each rollout (where reuse has
-    gone furthest), the median clipped fraction, KL from the rollout policy and how much of its closed-form step OPO
+    completion tokens and per minute of training, and, at the last optimizer step of each rollout with a signal (where
+    reuse has gone furthest), the median clipped fraction, KL from the rollout policy and how much of its closed-form step OPO
     has taken; the zero-gradient steps with a signal; the entropy over the last quarter of the steps.
     """
     import statistics
@@ -203,7 +203,10 @@ def run_figures(record, k: int) -> dict:
     seconds = sum(e.get("step_time", 0.0) for e in steps)
     summary = record.summary
     gain = summary.heldout_accuracy_after - summary.heldout_accuracy_before
-    last = [e for e in steps if e["step"] % k == 0 and "grad_norm" in e]
+    # The last reuse of each rollout that carried a signal (not every group tied): a rollout without one moves nothing,
+    # so its ratios stay 1 and would only pull the medians to 0.
+    signal = {e["step"] + k - 1 for e in generating if e.get("frac_reward_zero_std", 0.0) < 1.0}
+    last = [e for e in steps if e["step"] in signal and "grad_norm" in e]
 
     def median(key, of=last):
         values = [e[key] for e in of if e.get(key) is not None]
@@ -277,6 +280,10 @@ def report(max_completion_length: int) -> str:
             )
     text = "## Held-out pass@1 and what reuse did, per K (medians over seeds unless an interval is given)\n\n"
     text += "\n".join(lines) + "\n"
+    text += (
+        "\nLast reuse: the last optimizer step on each rollout that carried a signal (not every group tied), median over "
+        "those rollouts, then over seeds. Share of the closed-form step: mean |Delta| / mean |g / mu| over tokens.\n"
+    )
 
     lines = [
         "| K | comparison | seeds | difference in held-out pass@1 [95% CI], p | verdict |",

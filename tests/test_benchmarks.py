@@ -326,8 +326,9 @@ def test_benchmark_v3_pilot_figures_and_plan_from_raw_files(tmp_path):
     assert bench.minutes_per_run(figures, 4, 100, evaluate_before=True) == pytest.approx((60 + rollouts + 200) / 60)
 
 
-def v3_record(name, seed, after, k=2, steps=4):
-    """A finished v3 run: K = k, `steps` optimizer steps, every rollout 12 completions of 10 tokens, 30 s a step."""
+def v3_record(name, seed, after, k=2, steps=4, no_signal=()):
+    """A finished v3 run: K = k, `steps` optimizer steps, every rollout 12 completions of 10 tokens, 30 s a step; the
+    rollouts generated at the steps in `no_signal` have every group tied."""
     from opo_trl.harness.compare import RunRecord
     from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
 
@@ -335,7 +336,8 @@ def v3_record(name, seed, after, k=2, steps=4):
     for t in range(1, steps + 1):
         entry = {"step": t, "grad_norm": 1.0, "step_time": 30.0, "entropy": 0.1 * t, "rollout_kl": 0.01 * t}
         if t % k == 1 % k:
-            entry |= {"reward": 0.5, "completions/mean_length": 10.0, "frac_reward_zero_std": 0.5}
+            tied = 1.0 if t in no_signal else 0.5
+            entry |= {"reward": 0.5, "completions/mean_length": 10.0, "frac_reward_zero_std": tied}
         if name.startswith("opo"):
             entry |= {
                 "opo/step/abs_mean": 0.05 * (t % k == 0) + 0.05 * (t == steps),
@@ -365,6 +367,9 @@ def test_benchmark_v3_run_figures_by_hand():
     assert opo["entropy_late"] == pytest.approx(0.4)  # the last quarter of 4 steps: step 4
     grpo = bench.run_figures(v3_record("grpo", 0, 0.2), 2)
     assert grpo["clip_fraction"] == pytest.approx(0.3) and grpo["closed_form_fraction"] is None
+    # The rollout of step 3 carried no signal: only step 2 is a last reuse (clip 0.2, KL 0.02).
+    grpo = bench.run_figures(v3_record("grpo", 0, 0.2, no_signal=(3,)), 2)
+    assert grpo["clip_fraction"] == pytest.approx(0.2) and grpo["rollout_kl"] == pytest.approx(0.02)
 
 
 def test_benchmark_v3_report_tables_and_differences(tmp_path, monkeypatch):
