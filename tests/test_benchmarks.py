@@ -378,12 +378,15 @@ def test_benchmark_v3_report_tables_and_differences(tmp_path, monkeypatch):
     bench = load_script("benchmark_v3")
     monkeypatch.setattr(bench, "DOCS", tmp_path)
     monkeypatch.setattr(bench.v2, "DOCS", tmp_path)
-    monkeypatch.setattr(bench, "K_VALUES", (2,))
+    monkeypatch.setattr(bench, "K_VALUES", (1, 2))
     monkeypatch.setattr(bench, "ALGORITHMS", {"opo": ("opo", {}), "grpo": ("grpo", {})})
     monkeypatch.setattr(bench, "EXTRA_AT_LARGEST_K", {})
-    # OPO solves 0.5 of every problem on each seed, GRPO 0.25: OPO ahead by 0.25 with no spread at all.
+    # At K = 2 OPO solves 0.5 of every problem on each seed, GRPO 0.25: OPO ahead by 0.25 with no spread at all. At
+    # K = 1 both solve 0.25: reuse is worth +0.25 to OPO and nothing to GRPO.
     for run in bench.runs(64):
-        record = v3_record(run.name.split("-K")[0], run.seed, 0.5 if run.name.startswith("opo") else 0.25)
+        k = run.overrides["num_iterations"]
+        after = 0.5 if run.name.startswith("opo") and k == 2 else 0.25
+        record = v3_record(run.name.split("-K")[0], run.seed, after, k=k, steps=4 * k)
         files = RunFiles(run.docs_dir)
         files.write_summary(record.summary)
         files.write_metrics(record.steps)
@@ -392,7 +395,9 @@ def test_benchmark_v3_report_tables_and_differences(tmp_path, monkeypatch):
             files.append_heldout(evaluation)
     text = bench.report(64)
     assert "| 2 | opo | 3 | 0.500 [0.500, 0.500] |" in text and "| 2 | grpo | 3 | 0.250 [0.250, 0.250] |" in text
-    assert "| 2 | opo - grpo | 3 | +0.250 [+0.250, +0.250]" in text and text.rstrip().endswith("| ahead |")
+    assert "| 2 | opo - grpo | 3 | +0.250 [+0.250, +0.250]" in text and "| 1 | opo - grpo | 3 | +0.000" in text
+    assert "| opo | K = 2 - K = 1 | 3 | +0.250 [+0.250, +0.250], p=0.0001 | ahead |" in text
+    assert "| grpo | K = 2 - K = 1 | 3 | +0.000 [+0.000, +0.000]" in text
     assert (tmp_path / "report.md").exists() and (tmp_path / "reuse.png").stat().st_size > 1000
 
 
