@@ -339,6 +339,7 @@ def plot_reuse(curves: dict, path) -> None:
         ax.fill_between(ks, [e.low for _, e in points], [e.high for _, e in points], alpha=0.15)
     ax.set(xscale="log", xlabel="optimizer steps per rollout (K)", ylabel=f"held-out pass@1 after {ROLLOUTS} rollouts")
     ax.set_xticks(K_VALUES, [str(k) for k in K_VALUES])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the K values are labelled
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

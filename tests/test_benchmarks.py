@@ -242,7 +242,7 @@ def test_benchmark_v3_rollout_serves_k_optimizer_steps(tmp_path, tiny_model_path
     from .conftest import make_trainer
 
     bench = load_script("benchmark_v3")
-    settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of 32
+    settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of the grid's 12
     settings.pop("heldout_eval_steps")  # a script argument, not a trainer one
     trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, algorithm=algorithm, **settings)
     generated = []
