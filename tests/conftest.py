@@ -135,7 +135,11 @@ def failure_report(result, lines=60):
     keep = [
         line
         for line in text.splitlines()
-        if "Traceback" in line or "Error" in line or line.startswith(("  File", "[rank"))
+        if "Traceback" in line
+        or "Error" in line
+        or line.startswith(("  File", "[rank"))
+        # A native abort (SIGABRT) says why only in C++'s words.
+        or any(m in line for m in ("terminate called", "what():", "Signal", "Aborted", "gloo"))
     ]
     keep = [line for line in keep if "Warning" not in line]
     return f"exit code {result.returncode}\n" + "\n".join(keep[-lines:])
