@@ -191,9 +191,10 @@ def plan(max_completion_length: int, jobs: int) -> dict:
 def run_figures(record, k: int) -> dict:
     """
     What one finished grid run did (`record`: a `compare.RunRecord`): its accuracy gain per thousand generated
-    completion tokens and per minute of training, and, at the last optimizer step of each rollout with a signal (where
-    reuse has gone furthest), the median clipped fraction, KL from the rollout policy and how much of its closed-form step OPO
-    has taken; the zero-gradient steps with a signal; the entropy over the last quarter of the steps.
+    completion tokens and per minute of training, and, at the last optimizer step of each rollout with a signal
+    (where reuse has gone furthest), the median clipped fraction, KL from the rollout policy and how much of its
+    closed-form step OPO has taken; the zero-gradient steps with a signal; the entropy over the last quarter of the
+    steps.
     """
     import statistics
 
