@@ -159,7 +159,11 @@ def interrupt_cli_run(tmp_path, recipe, wait_at):
             except subprocess.TimeoutExpired:
                 pass
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=300)  # a guard against a hang, not a timing (once over 60 s under load)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"no exit 300 s after Ctrl-C; its stderr:\n{proc.communicate()[1][-3000:]}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
