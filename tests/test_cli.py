@@ -150,7 +150,9 @@ def interrupt_cli_run(tmp_path, recipe, wait_at):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1]),
            "OPO_TRL_TEST_MARKERS": str(markers), "OPO_TRL_TEST_WAIT_AT": str(wait_at)}  # fmt: skip
     command = [sys.executable, "-m", "opo_trl.harness.cli", "train", "--config", recipe]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell starts background jobs with SIGINT ignored, and Python then keeps it ignored: give the child the default.
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         while not (markers / f"reward-call-{wait_at}").exists():
             assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -160,7 +162,7 @@ def interrupt_cli_run(tmp_path, recipe, wait_at):
                 pass
         proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=300)  # a guard against a hang, not a timing (once over 60 s under load)
+            _, err = proc.communicate(timeout=300)  # a guard against a hang, not a timing
         except subprocess.TimeoutExpired:
             proc.kill()
             raise AssertionError(f"no exit 300 s after Ctrl-C; its stderr:\n{proc.communicate()[1][-3000:]}") from None
