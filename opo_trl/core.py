@@ -465,8 +465,12 @@ def opo_sequence_loss(
     Returns:
         [`SequenceLoss`]: The per-sequence loss, Delta and the per-token KL (or `None`).
     """
+    # A bf16 model may hand over bf16 log-probs: Delta sums tens of tokens, so it and the quadratic are float32.
+    per_token_logps, old_per_token_logps = per_token_logps.float(), old_per_token_logps.float()
+    if ref_per_token_logps is not None:
+        ref_per_token_logps = ref_per_token_logps.float()
     delta = sequence_log_ratio(per_token_logps, old_per_token_logps, mask, aggregation)
-    loss = opo_loss(delta, drive, mu, ratio_form, log_ratio_clip)
+    loss = opo_loss(delta, drive.float(), mu, ratio_form, log_ratio_clip)
     if importance_weight is not None:
         loss = loss * importance_weight.detach()
     kl = None

@@ -22,6 +22,7 @@ from .core import (
     softmax_mixture_drive,
     trust_region_mu,
 )
+from .precision import check_cpu_bf16
 from .rollout_state import RolloutCheckpointMixin
 from .validation import validate_dataset
 from .vllm_cpu import cpu_colocate
@@ -107,6 +108,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         require_prompt = environment_factory is None
         validate_dataset(train_dataset, reward_funcs, "train", require_prompt=require_prompt)
         validate_dataset(eval_dataset, reward_funcs, "eval", require_prompt=require_prompt)
+        check_cpu_bf16(args)
         # vLLM on a CPU (use_vllm and use_cpu) needs its own weight sync: opo_trl.vllm_cpu.
         with cpu_colocate(args):
             super().__init__(

@@ -5,9 +5,12 @@ vLLM generation on a CPU: TRL's colocate mode with vLLM's CPU build (the `vllm-c
 TRL 1.16 builds the colocated engine and syncs weights in `trl.generation.vllm_generation.VLLMGeneration`. On vLLM's
 CPU build two things go wrong there: the engine compiles its graphs at start (about 40 s; eager mode starts in seconds),
 and the weight sync fails at the first step, because the CPU build repacks every linear weight for its GEMM kernels
-after loading, so `model.load_weights` finds no `weight_loader` for them. [`CPUVLLMGeneration`] subclasses TRL's class
-and changes just these two things; everything else (generation, sampler log-probs, importance-sampling correction, PEFT
-merging) stays TRL's.
+after loading, so `model.load_weights` finds no `weight_loader` for them. Two more are wrong for training on a CPU:
+TRL builds the engine without a dtype, so vLLM computes in bf16 while a float32 trainer scores the same tokens in
+float32 (sampler and trainer log-probs then differ by 0.02-0.08 per token on SmolLM2, and the importance-sampling
+weights become noise), and it seeds the engine with the process index alone, so every run seed samples the same
+stream. [`CPUVLLMGeneration`] subclasses TRL's class and changes just these things; everything else (generation, sampler
+log-probs, importance-sampling correction, PEFT merging) stays TRL's.
 
 It is switched on by [`cpu_colocate`], a context manager around the trainer's construction, and only when `use_vllm`
 and `use_cpu` are both set and the installed vLLM is the CPU build:
@@ -71,17 +74,31 @@ class CPUVLLMGeneration(VLLMGeneration):
     """
     TRL's [`~trl.generation.vllm_generation.VLLMGeneration`] in colocate mode on vLLM's CPU build.
 
-    Two changes, each calling TRL's own code:
+    Three changes, each calling TRL's own code:
 
-    - the engine starts with `enforce_eager=True` (no graph compilation: seconds instead of about a minute);
+    - the engine starts with `enforce_eager=True` (no graph compilation: seconds instead of about a minute), in the
+      trainer's precision (`engine_dtype`, see [`engine_dtype`]) and with a seed that follows the run's
+      (`engine_seed`, combined with TRL's per-process seed);
     - `sync_weights` loads the trainer's weights through the model runner's `reload_weights`, which re-runs the CPU
       build's weight repacking, then repacks a tied `lm_head` (the reload skips it, so its packed copy would keep the
       old embedding) and resets the prefix cache.
     """
 
+    def __init__(self, *args, engine_dtype: str = "auto", engine_seed: int = 0, **kwargs):
+        # Set before TRL's __init__, which builds the engine.
+        self.engine_dtype, self.engine_seed = engine_dtype, engine_seed
+        super().__init__(*args, **kwargs)
+
     def _init_vllm(self):
-        # TRL calls `LLM(...)` without `enforce_eager`; pass it through the one name TRL builds the engine with.
-        with _replaced(vllm_generation, "LLM", functools.partial(vllm_generation.LLM, enforce_eager=True)):
+        llm = vllm_generation.LLM
+
+        def build(*args, **kwargs):
+            # TRL seeds each tensor-parallel group with its index: keep that, offset by the run's seed.
+            kwargs["seed"] = self.engine_seed * 1000 + kwargs.get("seed", 0)
+            return llm(*args, **kwargs, enforce_eager=True, dtype=self.engine_dtype)
+
+        # TRL calls `LLM(...)` without these; pass them through the one name TRL builds the engine with.
+        with _replaced(vllm_generation, "LLM", build):
             super()._init_vllm()
 
     def sync_weights(self):
@@ -104,6 +121,20 @@ def repack_tied_lm_head(model) -> bool:
     return True
 
 
+def engine_dtype(args) -> str:
+    """
+    The precision the trainer computes in, for the engine: `bfloat16` with `bf16=True` (autocast), `float16` with
+    `fp16=True`, else the model's load dtype (`model_init_kwargs["dtype"]`) when it names one, else `float32`.
+    """
+    if getattr(args, "bf16", False):
+        return "bfloat16"
+    if getattr(args, "fp16", False):
+        return "float16"
+    dtype = (getattr(args, "model_init_kwargs", None) or {}).get("dtype")
+    dtype = str(dtype).removeprefix("torch.") if dtype is not None else None
+    return dtype if dtype in ("bfloat16", "float16", "float32") else "float32"
+
+
 @contextlib.contextmanager
 def cpu_colocate(args):
     """
@@ -120,7 +151,8 @@ def cpu_colocate(args):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_SPACE_GIB)
     from trl.trainer import grpo_trainer
 
-    with _replaced(grpo_trainer, "VLLMGeneration", CPUVLLMGeneration):
+    generation = functools.partial(CPUVLLMGeneration, engine_dtype=engine_dtype(args), engine_seed=args.seed)
+    with _replaced(grpo_trainer, "VLLMGeneration", generation):
         yield
 
 

@@ -15,8 +15,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "opo_trl"
 # The algorithm a TRL user imports: the math, the config, the trainer and what the trainer needs to run in TRL (dataset
-# checks, the pending rollout in checkpoints, vLLM-CPU's weight sync).
-ALGORITHM = {"core", "config", "trainer", "validation", "rollout_state", "vllm_cpu"}
+# checks, the pending rollout in checkpoints, vLLM-CPU's weight sync, the CPU's bf16 check).
+ALGORITHM = {"core", "config", "trainer", "validation", "rollout_state", "vllm_cpu", "precision"}
 
 
 def module_name(path: Path) -> str:
@@ -58,8 +58,8 @@ def test_the_algorithm_imports_nothing_of_the_harness():
     graph = internal_imports()
     assert graph["core"] == set()
     assert graph["config"] == {"core"}
-    assert graph["trainer"] == {"config", "core", "validation", "rollout_state", "vllm_cpu"}
-    assert graph["rollout_state"] == graph["vllm_cpu"] == set()
+    assert graph["trainer"] == {"config", "core", "validation", "rollout_state", "vllm_cpu", "precision"}
+    assert graph["rollout_state"] == graph["vllm_cpu"] == graph["precision"] == set()
     for module in ALGORITHM:
         assert graph[module] <= ALGORITHM, f"{module} imports {graph[module] - ALGORITHM}"
 

@@ -53,3 +53,21 @@ def test_sampling_is_seeded_and_pass_at_1_averages_samples(tiny_model_path):
     one = sampled_accuracy(model, tokenizer, dataset, has_digit, max_new_tokens=6, seed=3)
     assert 0.0 <= one <= 1.0
     assert HeldoutResult(sampled=[[1.0, 0.0], [1.0, 1.0]]).pass_at_1 == 0.75
+
+
+def test_generation_runs_in_the_requested_precision(tiny_model_path):
+    """bf16 autocast reaches the model's matmuls during generation; without it they stay float32."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    dataset = Dataset.from_dict({"prompt": [f"{i}+{i}=" for i in range(4)]})
+    dtypes = []
+    hook = model.lm_head.register_forward_hook(lambda module, args, output: dtypes.append(output.dtype))
+    try:
+        for autocast_dtype in (None, torch.bfloat16):
+            dtypes.clear()
+            evaluate_heldout(model, tokenizer, dataset, lambda completions, **kw: [0.0] * len(completions),
+                             max_new_tokens=3, autocast_dtype=autocast_dtype)  # fmt: skip
+            assert dtypes and set(dtypes) == {autocast_dtype or torch.float32}
+    finally:
+        hook.remove()
+    assert next(model.parameters()).dtype == torch.float32  # autocast leaves the weights alone

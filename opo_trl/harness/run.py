@@ -24,6 +24,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     """
     from trl import get_peft_config
 
+    from ..precision import check_cpu_bf16
     from ..trainer import OPOTrainer
     from ..validation import validate_dataset
     from ..vllm_cpu import cpu_colocate
@@ -61,8 +62,10 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         heldout = heldout_splits[script_args.heldout_split]
         if script_args.heldout_max_samples is not None:
             heldout = heldout.select(range(min(script_args.heldout_max_samples, len(heldout))))
-    # OPOTrainer checks the datasets it is given before it loads the model; check here what it will not see.
+    # OPOTrainer checks the datasets it is given and the CPU's bf16 before it loads the model; check here what it
+    # will not see.
     if not issubclass(algorithm.trainer_cls, OPOTrainer):
+        check_cpu_bf16(training_args)
         validate_dataset(train_dataset, reward_funcs, "train")
     for name, split in heldout_splits.items():
         if split is not eval_dataset or not issubclass(algorithm.trainer_cls, OPOTrainer):
