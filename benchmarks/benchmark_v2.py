@@ -412,7 +412,7 @@ def resampling_table(records, reference: str = "opo") -> str:
         if name == reference or not seeds:
             continue
         a, b = outcome_matrix(ours, seeds), outcome_matrix(theirs, seeds)
-        both, alone = paired_difference(a, b), paired_difference(a, b, resample="problems")
+        both, alone = paired_difference(a, b), paired_difference(a, b, variation="problems")
         lines.append(
             f"| {name} | {len(seeds)} | {both.mean:+.3f} [{both.low:+.3f}, {both.high:+.3f}] | "
             f"{alone.mean:+.3f} [{alone.low:+.3f}, {alone.high:+.3f}] | {spread(ours, seeds)} | {spread(theirs, seeds)} |"
