@@ -97,7 +97,7 @@ def evaluate_heldout(
     try:
         for start in tqdm(range(0, len(dataset), prompts_per_batch), desc=desc, disable=disable_progress):
             rows = dataset[start : start + prompts_per_batch]
-            encoded, conversational = _encode(tokenizer, rows["prompt"], model.device)
+            encoded, conversational = encode_prompts(tokenizer, rows["prompt"], model.device)
             outcomes = _score(
                 model, tokenizer, rows, encoded, conversational, reward_func, max_new_tokens,
                 dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0, num_return_sequences=num_samples),
@@ -119,7 +119,12 @@ def sampled_accuracy(model, tokenizer, dataset: Dataset, reward_func: Callable, 
     return evaluate_heldout(model, tokenizer, dataset, reward_func, **kwargs).pass_at_1
 
 
-def _encode(tokenizer, prompts, device):
+def encode_prompts(tokenizer, prompts, device):
+    """
+    The batch of `prompts` as the held-out evaluation feeds them to `model.generate` (chat prompts through the chat
+    template with the generation prompt, plain ones as they are; left padding is the tokenizer's setting), on `device`;
+    and whether they were chat prompts.
+    """
     conversational = isinstance(prompts[0], list)
     texts = (
         [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
