@@ -174,6 +174,11 @@ def test_interval_covers_the_truth_and_shrinks_with_more_problems():
     constant = mean_ci(np.full((3, 10), 0.25))
     assert (constant.mean, constant.low, constant.high, constant.se) == (0.25, 0.25, 0.25, 0.0)
     assert str(constant) == "0.250 [0.250, 0.250]"
+    # Three seeds that disagree widely (0, 0.1, 0.5 on every problem): the t-interval, 0.2 -+ 4.303 x 0.1528, is cut
+    # at 0, where accuracy ends.
+    seeds = np.repeat([[0.0], [0.1], [0.5]], 4, axis=1)
+    assert (mean_ci(seeds).low, mean_ci(seeds).high) == pytest.approx((0.0, 0.2 + 4.303 * 0.1528), abs=1e-3)
+    assert mean_ci(seeds, bounds=None).low == pytest.approx(0.2 - 4.303 * 0.1528, abs=1e-3)
 
 
 def test_seeds_that_disagree_widen_the_interval_and_problems_alone_do_not_see_it():

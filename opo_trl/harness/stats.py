@@ -319,15 +319,21 @@ def _as_matrix(values, name: str = "outcomes") -> np.ndarray:
     return values
 
 
-def mean_ci(outcomes, level: float = LEVEL) -> Estimate:
-    """The mean of `outcomes[seed, problem]` with its two-way t-interval over seeds and problems."""
+def mean_ci(outcomes, level: float = LEVEL, bounds: tuple[float, float] | None = (0.0, 1.0)) -> Estimate:
+    """
+    The mean of `outcomes[seed, problem]` with its two-way t-interval over seeds and problems, cut to `bounds`, the
+    range the values can take (accuracies: 0 to 1; `None` for none): with 3 seeds that disagree, the t-interval of an
+    accuracy can reach past 0 or 1, where the accuracy cannot be.
+    """
     outcomes = _as_matrix(outcomes)
     if outcomes.size == 1:
         value = float(outcomes[0, 0])
         return Estimate(value, value, value, 1, 1, level=level)
     t = two_way_t(outcomes, level)
-    return Estimate(float(t.mean), float(t.low), float(t.high), *outcomes.shape, se=float(t.se), df=float(t.df),
-                    level=level)  # fmt: skip
+    low, high = float(t.low), float(t.high)
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return Estimate(float(t.mean), low, high, *outcomes.shape, se=float(t.se), df=float(t.df), level=level)
 
 
 def paired_difference(a, b, *, level: float = LEVEL, statistic: str = "mean", variation: str = "both") -> Estimate:
