@@ -1,15 +1,25 @@
-"""The benchmark scripts run end to end on the tiny model: the gradient probe and the in-process loss timing."""
+"""
+The benchmark scripts: the gradient probe and the loss timing end to end on the tiny model; the shared machinery of the
+benchmarks of runs (`benchmarks/benchmarking.py`: planning, launching, resuming, report tables) and the two benchmarks
+built on it, algorithms across tasks (v2) and rollout reuse (v3), on run files written by hand.
+"""
 
 import csv
 import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# The scripts import their shared module as a sibling, as `python benchmarks/<script>.py` lets them.
+if str(BENCHMARKS) not in sys.path:
+    sys.path.insert(0, str(BENCHMARKS))
+import benchmarking  # noqa: E402
 
 
 def load_script(name):
@@ -92,10 +102,10 @@ def test_sweep_writes_a_table_with_intervals(tmp_path, tiny_model_path):
     assert "| 0.4 | 1.0 | 1 |" in (tmp_path / "sweep" / "sweep.md").read_text()
 
 
-def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
+def test_algorithms_across_tasks_plan_learning_rates_and_order(tmp_path, monkeypatch):
     from opo_trl.harness.runfiles import RunFiles, RunSummary
 
-    bench = load_script("benchmark_v2")
+    bench = load_script("algorithms_across_tasks")
     monkeypatch.setattr(bench, "DOCS", tmp_path)
     with pytest.raises(SystemExit, match="tuning is not finished"):
         bench.chosen_learning_rates()
@@ -115,11 +125,12 @@ def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
         seeds = {a: sorted(r.seed for r in main if r.task == task and r.algorithm == a) for a in bench.MAIN_SEEDS}
         assert seeds == {"opo": [0, 1, 2, 3, 4], "grpo": [0, 1, 2, 3, 4], "dapo": [0, 1, 2], "gspo": [0, 1, 2]}
     assert {r.learning_rate for r in main if r.algorithm == "opo"} == {3e-5}
+    assert {r.root for r in main} == {tmp_path} and {r.shares_before_with for r in bench.variant_runs()} == {("main",)}
 
     # A phase runs task by task; within a task, the first run of each seed (which evaluates the initial model) first.
     order = []
-    monkeypatch.setattr(bench, "execute", lambda run, *args: order.append(run))
-    bench.run_phase(main, jobs=1, work_root=tmp_path / "work", commit=False)
+    monkeypatch.setattr(benchmarking, "execute", lambda run, *args: order.append(run))
+    benchmarking.run_phase(main, jobs=1, work_root=tmp_path / "work", commit=False)
     assert [r.task for r in order] == sorted((r.task for r in main), key=bench.TASKS.index)
     first_task = order[:16]
     assert [r.algorithm for r in first_task[:5]] == ["opo"] * 5 and {r.seed for r in first_task[:5]} == set(range(5))
@@ -130,11 +141,11 @@ def test_benchmark_v2_plan_learning_rates_and_order(tmp_path, monkeypatch):
     assert len(order) == 16 and {r.task for r in order} == {"basic_arithmetic"}
 
 
-def test_benchmark_v2_paper_table_puts_our_figures_beside_the_papers():
+def test_algorithms_across_tasks_paper_table_puts_our_figures_beside_the_papers():
     from opo_trl.harness.compare import RunRecord
     from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
 
-    bench = load_script("benchmark_v2")
+    bench = load_script("algorithms_across_tasks")
 
     def full(step, sampled):
         return HeldoutRecord(step=step, problems=len(sampled), fingerprint="f", seconds=None, sampled=sampled)
@@ -158,28 +169,27 @@ def test_benchmark_v2_paper_table_puts_our_figures_beside_the_papers():
     assert cells == ["opo", "0.756", "1.950 [1.450, 2.450]", "0.90", "8.500 [4.750, 12.250]", "48%", cells[6]]
     assert cells[6].startswith("0.500 [")
     assert "| grpo |" not in table  # only the algorithms that ran
-    # 8 logged steps: a last quarter of 2, too few for a late figure.
-    short = [RunRecord("opo", r.seed, r.summary, r.steps[:8], r.heldout) for r in records]
+    # 6 logged steps: too few for a late window (its 4 steps would be more than the second half).
+    short = [RunRecord("opo", r.seed, r.summary, r.steps[:6], r.heldout) for r in records]
     assert "| opo | 0.756 | too few steps | 0.90 |" in bench.paper_table(short)
 
 
-def test_benchmark_v2_runs_wait_only_for_their_own_seeds_first_run(tmp_path, monkeypatch):
+def test_runs_wait_only_for_their_own_seeds_first_run(tmp_path, monkeypatch):
     import threading
 
-    bench = load_script("benchmark_v2")
-    monkeypatch.setattr(bench, "DOCS", tmp_path)
-
     def run(name, seed, phase="main"):
-        return bench.Run(phase, "chain_sum", name, name, seed, 1e-5)
+        shares = ("main",) if phase == "variants" else ()
+        return benchmarking.Run(tmp_path, phase, "chain_sum", name, name, seed, 1e-5, shares_before_with=shares)
 
     # Seed 0's initial model is already evaluated (a finished run); seeds 2, 3, 4 are not.
     done = run("opo", 0)
     done.docs_dir.mkdir(parents=True)
     for name in ("heldout.jsonl", "summary.json"):
         (done.docs_dir / name).write_text("{}")
-    # A variant of seed 0 reuses the main table's evaluation of the initial model.
-    assert bench.evaluated_before(run("opo-ref-mean", 0, "variants"), tmp_path) == done.docs_dir
-    assert bench.evaluated_before(run("opo-ref-mean", 2, "variants"), tmp_path) is None
+    # A variant of seed 0 reuses the main table's evaluation of the initial model; a run of another phase does not.
+    assert benchmarking.evaluated_before(run("opo-ref-mean", 0, "variants")) == done.docs_dir
+    assert benchmarking.evaluated_before(run("opo-ref-mean", 2, "variants")) is None
+    assert benchmarking.evaluated_before(run("opo", 0, "reuse")) is None
 
     events, grpo0_started = [], threading.Event()
 
@@ -192,18 +202,31 @@ def test_benchmark_v2_runs_wait_only_for_their_own_seeds_first_run(tmp_path, mon
             assert grpo0_started.wait(timeout=10), "grpo seed 0 waited for another seed's first run"
         events.append(("end", r.name, r.seed))
 
-    monkeypatch.setattr(bench, "execute", fake_execute)
+    monkeypatch.setattr(benchmarking, "execute", fake_execute)
     runs = [run("opo", 2), run("opo", 3), run("opo", 4), run("grpo", 0), run("grpo", 4)]
-    bench.run_phase(runs, jobs=2, work_root=tmp_path / "work", commit=False)
+    benchmarking.run_phase(runs, jobs=2, work_root=tmp_path / "work", commit=False)
     assert events.index(("start", "grpo", 4)) > events.index(("end", "opo", 4))  # it needs seed 4's evaluation
     assert len(events) == 10
 
 
-def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
+def test_a_run_is_launched_with_its_recipe_overrides_and_the_shared_evaluation(tmp_path):
+    run = benchmarking.Run(tmp_path, "reuse", "chain_sum", "opo-K4", "opo", 1, 1e-5, {"num_iterations": 4})
+    args = benchmarking.command(run, tmp_path / "work", tmp_path / "first")
+    assert args[1:3] == ["-m", "opo_trl.harness.run"] and args[args.index("--config") + 1].endswith(
+        "benchmarks/recipes/benchmark_chain_sum.yaml"
+    )
+    assert args[args.index("--output_dir") + 1] == str(
+        tmp_path / "work" / "reuse" / "chain_sum" / "opo-K4-lr1e-05-seed1"
+    )
+    assert args[-4:] == ["--num_iterations", "4", "--heldout_before_from", str(tmp_path / "first")]
+    assert run.docs_dir == tmp_path / "runs" / "reuse" / "chain_sum" / "opo-K4-lr1e-05-seed1" and not run.done
+
+
+def test_algorithms_across_tasks_variant_mechanics_counts_tied_rollouts_and_their_drive():
     from opo_trl.harness.compare import RunRecord
     from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
 
-    bench = load_script("benchmark_v2")
+    bench = load_script("algorithms_across_tasks")
 
     def full(step, sampled):
         return HeldoutRecord(step=step, problems=len(sampled), fingerprint="f", seconds=None, sampled=sampled)
@@ -229,8 +252,8 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
     # Entropy: 0.6 at step 1; the last quarter is steps 25-32, mean 3.35. Length: 11 at the first rollout, 38 over the
     # last quarter of the 16 logged rollouts (steps 25, 27, 29, 31). Grad norms 1..32 and 2..33: median 17.
     assert cells == ["opo-x", "2", "0.250, 0.250", "4 of 32", "1.5", "0.60 -> 3.35", "11.00 -> 38.00", "17"]
-    # 8 steps: the last quarter of the logged figures is under 4 steps.
-    short = [RunRecord("opo-x", r.seed, r.summary, r.steps[:8], heldout) for r in records]
+    # 6 steps (3 rollouts): too few for a late window of 4 steps within the second half.
+    short = [RunRecord("opo-x", r.seed, r.summary, r.steps[:6], heldout) for r in records]
     (row,) = [line for line in bench.variant_mechanics(short).splitlines() if line.startswith("| opo-x |")]
     assert "| too few steps | too few steps |" in row
 
@@ -238,10 +261,10 @@ def test_benchmark_v2_variant_mechanics_counts_tied_rollouts_and_their_drive():
 @pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2, 4])
 @pytest.mark.parametrize("algorithm", ["opo", "grpo"])
-def test_benchmark_v3_rollout_serves_k_optimizer_steps(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
+def test_rollout_reuse_serves_k_optimizer_steps_per_rollout(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
     from .conftest import make_trainer
 
-    bench = load_script("benchmark_v3")
+    bench = load_script("rollout_reuse")
     settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of the grid's 12
     settings.pop("heldout_eval_steps")  # a script argument, not a trainer one
     trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, algorithm=algorithm, **settings)
@@ -269,18 +292,18 @@ def test_benchmark_v3_rollout_serves_k_optimizer_steps(tmp_path, tiny_model_path
         assert all("clip_ratio/region_mean" in e for e in steps)
 
 
-def test_benchmark_v3_truncated_fraction_per_budget_by_hand():
-    bench = load_script("benchmark_v3")
+def test_rollout_reuse_truncated_fraction_per_budget_by_hand():
+    bench = load_script("rollout_reuse")
     # Ended after 10 and 40 tokens, never ended in 64, ended exactly at token 64.
     fractions = bench.truncated_fractions([10, 40, 64, 64], [True, True, False, True])
     assert fractions == {32: 3 / 4, 48: 2 / 4, 64: 1 / 4}
 
 
-def test_benchmark_v2_resampling_table_sets_problems_alone_beside_seeds_and_problems():
+def test_algorithms_across_tasks_resampling_table_sets_problems_alone_beside_seeds_and_problems():
     from opo_trl.harness.compare import RunRecord
     from opo_trl.harness.runfiles import HeldoutRecord, RunSummary
 
-    bench = load_script("benchmark_v2")
+    bench = load_script("algorithms_across_tasks")
 
     def run(name, seed, value):
         # Every problem alike within a run: the runs differ only from seed to seed.
@@ -294,16 +317,15 @@ def test_benchmark_v2_resampling_table_sets_problems_alone_beside_seeds_and_prob
     ]
     (row,) = [line for line in bench.resampling_table(records).splitlines() if line.startswith("| grpo |")]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # Differences -0.25, +0.25, +0.75: mean +0.25. Problems alone see no spread at all; the seeds do.
-    assert cells[:2] == ["grpo", "3"] and cells[3] == "+0.250 [+0.250, +0.250]"
-    assert cells[2].startswith("+0.250 [-0.250, ") and cells[2] != cells[3]
-    assert cells[4:] == ["0.000..1.000", "0.250..0.250"]
+    # Differences -0.25, +0.25, +0.75: mean +0.25; over seeds, variance 0.25 / 3, 2 df: +-4.303 x 0.2887. Problems
+    # alone see no spread at all; the seeds do.
+    assert cells == ["grpo", "3", "+0.250 [-0.992, +1.492]", "+0.250 [+0.250, +0.250]", "0.000..1.000", "0.250..0.250"]
 
 
-def test_benchmark_v3_pilot_figures_and_plan_from_raw_files(tmp_path):
+def test_rollout_reuse_pilot_figures_and_plan_from_raw_files(tmp_path):
     from opo_trl.harness.runfiles import HeldoutRecord, RunFiles, RunSummary
 
-    bench = load_script("benchmark_v3")
+    bench = load_script("rollout_reuse")
     files = RunFiles(tmp_path)
     # K = 2: steps 1, 3, 5 generate (reward logged) and take 10, 11, 12 s; steps 2, 4, 6 reuse and take 3 s each.
     files.write_metrics(
@@ -354,8 +376,8 @@ def v3_record(name, seed, after, k=2, steps=4, no_signal=()):
     return RunRecord(f"{name}-K{k}", seed, summary, logged, heldout)
 
 
-def test_benchmark_v3_run_figures_by_hand():
-    bench = load_script("benchmark_v3")
+def test_rollout_reuse_run_figures_by_hand():
+    bench = load_script("rollout_reuse")
     opo = bench.run_figures(v3_record("opo", 0, 0.2), 2)
     # Rollouts at steps 1 and 3: 2 x 12 x 10 = 240 tokens; gain 0.2; 4 steps x 30 s = 2 minutes.
     assert opo["gain_per_1k_tokens"] == pytest.approx(1000 * 0.2 / 240) and opo["gain_per_minute"] == pytest.approx(
@@ -372,20 +394,19 @@ def test_benchmark_v3_run_figures_by_hand():
     assert grpo["clip_fraction"] == pytest.approx(0.2) and grpo["rollout_kl"] == pytest.approx(0.02)
 
 
-def test_benchmark_v3_report_tables_and_differences(tmp_path, monkeypatch):
+def test_rollout_reuse_report_tables_and_differences(tmp_path, monkeypatch):
     from opo_trl.harness.runfiles import RunFiles
 
-    bench = load_script("benchmark_v3")
+    bench = load_script("rollout_reuse")
     monkeypatch.setattr(bench, "DOCS", tmp_path)
-    monkeypatch.setattr(bench.v2, "DOCS", tmp_path)
     monkeypatch.setattr(bench, "K_VALUES", (1, 2))
     monkeypatch.setattr(bench, "ALGORITHMS", {"opo": ("opo", {}), "grpo": ("grpo", {})})
     monkeypatch.setattr(bench, "EXTRA_AT_LARGEST_K", {})
-    # At K = 2 OPO solves 0.5 of every problem on each seed, GRPO 0.25: OPO ahead by 0.25 with no spread at all. At
-    # K = 1 both solve 0.25: reuse is worth +0.25 to OPO and nothing to GRPO.
+    # At K = 2 OPO solves 0.45, 0.5, 0.55 of every problem on seeds 0, 1, 2, GRPO 0.25: OPO ahead by 0.2, 0.25, 0.3.
+    # At K = 1 both solve 0.25: reuse is worth the same to OPO and nothing to GRPO.
     for run in bench.runs(64):
         k = run.overrides["num_iterations"]
-        after = 0.5 if run.name.startswith("opo") and k == 2 else 0.25
+        after = 0.45 + 0.05 * run.seed if run.name.startswith("opo") and k == 2 else 0.25
         record = v3_record(run.name.split("-K")[0], run.seed, after, k=k, steps=4 * k)
         files = RunFiles(run.docs_dir)
         files.write_summary(record.summary)
@@ -394,21 +415,72 @@ def test_benchmark_v3_report_tables_and_differences(tmp_path, monkeypatch):
         for evaluation in record.heldout:
             files.append_heldout(evaluation)
     text = bench.report(64)
-    assert "| 2 | opo | 3 | 0.500 [0.500, 0.500] |" in text and "| 2 | grpo | 3 | 0.250 [0.250, 0.250] |" in text
-    assert "| 2 | opo - grpo | 3 | +0.250 [+0.250, +0.250]" in text and "| 1 | opo - grpo | 3 | +0.000" in text
-    assert "| opo | K = 2 - K = 1 | 3 | +0.250 [+0.250, +0.250], p=0.0001 | ahead |" in text
+    # Seed means 0.45, 0.5, 0.55: SE sqrt(0.0025 / 3) = 0.0289 on 2 df, 0.5 -+ 4.303 x 0.0289.
+    assert "| 2 | opo | 3 | 0.500 [0.376, 0.624] |" in text and "| 2 | grpo | 3 | 0.250 [0.250, 0.250] |" in text
+    # The differences: the same numbers shifted by 0.25; t = 0.25 / 0.0289 = 8.66 on 2 df, p = 1 - 8.66 / sqrt(77) =
+    # 0.013; the sign-flip test's floor at 3 seeds, 0.25; detectable (4.303 + 1.061) x 0.0289 = 0.155. Holm over the 2
+    # comparisons of the table doubles the smaller p-value (the other is 1): 0.026, still ahead.
+    assert "| 2 | opo - grpo | 3 | +0.250 [+0.126, +0.374] | 0.013 | 0.25 | 0.155 | ahead | ahead |" in text
+    assert "| 1 | opo - grpo | 3 | +0.000 [+0.000, +0.000] | 1 | 1 | 0.000 | not separated | not separated |" in text
+    assert "| opo | K = 2 - K = 1 | 3 | +0.250 [+0.126, +0.374] | 0.013 | 0.25 | 0.155 | ahead | ahead |" in text
     assert "| grpo | K = 2 - K = 1 | 3 | +0.000 [+0.000, +0.000]" in text
+    assert text.count("2 comparisons in this table; Holm") == 2 and "Detectable: the smallest true difference" in text
     assert (tmp_path / "report.md").exists() and (tmp_path / "reuse.png").stat().st_size > 1000
 
 
-def test_benchmark_v3_only_runs_the_named_cells(monkeypatch):
-    bench = load_script("benchmark_v3")
+def test_comparison_table_adjusts_its_rows_by_holm():
+    from opo_trl.harness.stats import Estimate
+
+    def estimate(mean, p):
+        return Estimate(mean, mean - 0.1, mean + 0.1, 3, 256, p_value=p, detectable=0.2, sign_flip_p=0.25)
+
+    # p-values 0.01, 0.04, 0.5 over 3 rows: Holm 0.03, 0.08, 0.5. The first stays ahead, the second does not.
+    rows = [
+        (("a",), estimate(0.3, 0.01)),
+        (("b",), estimate(-0.2, 0.04)),
+        (("c",), estimate(0.0, 0.5)),
+        (("d",), None),
+    ]
+    table = benchmarking.comparison_table(rows, ("comparison",))
+    lines = table.splitlines()
+    assert lines[0] == (
+        "| comparison | seeds | difference [95% CI] | p | sign-flip p | detectable (80% power) | verdict | Holm |"
+    )
+    assert lines[2] == "| a | 3 | +0.300 [+0.200, +0.400] | 0.01 | 0.25 | 0.200 | ahead | ahead |"
+    assert lines[3] == "| b | 3 | -0.200 [-0.300, -0.100] | 0.04 | 0.25 | 0.200 | behind | not separated |"
+    assert lines[5] == "| d | 0 | n/a | | | | | |"
+    assert lines[-1] == "3 comparisons in this table; Holm: the verdicts adjusted over them."
+    # Figures that are not scores read "higher"/"lower".
+    assert "| a | 3 | +0.300 [+0.200, +0.400] | 0.01 | 0.25 | 0.200 | higher | higher |" in (
+        benchmarking.comparison_table(rows[:1], ("comparison",), score=False)
+    )
+
+
+def test_rollout_reuse_only_runs_the_named_cells(monkeypatch):
+    bench = load_script("rollout_reuse")
     with pytest.raises(SystemExit, match="--only: no cell opo-K3 in the grid"):
         bench.main(["runs", "--only", "opo-K3"])
     started = []
-    monkeypatch.setattr(bench.v2, "run_phase", lambda grid, *args: started.extend(grid))
+    monkeypatch.setattr(benchmarking, "run_phase", lambda grid, *args: started.extend(grid))
     bench.main(["runs", "--only", "opo-K1", "gspo-K8"])
     # In the order named, though the grid runs gspo-K8 first.
     assert [(r.name, r.seed) for r in started] == [("opo-K1", s) for s in bench.SEEDS] + [
         ("gspo-K8", s) for s in bench.SEEDS
     ]
+    # The grid's runs write their raw files where benchmark v3's always went.
+    assert {r.root for r in started} == {Path(__file__).resolve().parents[1] / "docs" / "benchmark_v3"}
+
+
+@pytest.mark.parametrize(
+    ("old", "phases"),
+    [
+        ("benchmark_v2", "{measure,plan,tune,main,variants,report}"),
+        ("benchmark_v3", "{budget,pilot,plan,runs,report}"),
+    ],
+)
+def test_the_old_command_lines_run_the_renamed_benchmarks(old, phases):
+    # `python benchmarks/benchmark_v3.py PHASE`, as docs/RESULTS.md records it: the renamed benchmark's parser and phases.
+    printed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{old}.py"), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert printed.startswith(f"usage: {old}.py") and phases in printed

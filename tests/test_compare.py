@@ -69,19 +69,23 @@ def test_comparison_writes_steps_paired_statistics_and_curves(tmp_path, tiny_mod
     )
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
     table = (out / "summary.md").read_text()
-    assert "| opo vs |" in table and "Δ median grad norm" in table and "interim held-out, step 1" in table
-    assert "no verdict: 2 seeds" in table and "too few steps (1 logged" in table
+    assert "| opo vs |" in table and "| median grad norm |" in table and "interim held-out, step 1" in table
+    assert "no verdict: 2 seeds" in table and "too few steps (1 logged" in table and "detectable" in table
+    assert "Holm: the verdict adjusted for the 2 comparisons of its column (one per baseline)" in table
     assert (out / "curves.png").stat().st_size > 10_000
 
     # `opo-trl compare` of one seed (its runs are finished, so nothing trains again) prints no verdict.
     assert compare_main(["--config", str(config), "--algorithms", "opo", "grpo", "--seeds", "0",
                          "--output_dir", str(out), "--last_k", "2"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
-    # GRPO's rows: its accuracies, then the two tables of differences to OPO.
-    accuracies, *differences = [line for line in printed.splitlines() if line.startswith("| grpo |")]
-    assert "(problems only)" in accuracies and len(differences) == 2
-    assert all("(problems only)" in row and "no verdict: 1 seed" in row for row in differences)
+    # GRPO's rows: its accuracies, the held-out differences to OPO, then one row per figure paired over training.
+    accuracies, held_out, late, *differences = [line for line in printed.splitlines() if line.startswith("| grpo |")]
+    assert "(problems only)" in accuracies and "too few steps (1 logged; the late window needs 8)" in late
+    assert [row.split(" | ")[1] for row in differences] == ["median grad norm", "interim held-out, step 1"]
+    for row in [held_out, *differences]:
+        assert "(problems only)" in row and "detectable" in row and row.count("no verdict: 1 seed") >= 2
     assert not any(word in row for row in differences for word in ("ahead", "behind", "higher", "lower"))
+    assert "Holm: the verdict adjusted for the 1 comparison of its column" in printed
 
     # A finished run is not run again.
     before = (out / "opo-seed0" / "summary.json").stat().st_mtime
@@ -143,19 +147,54 @@ def test_paired_training_reward_gradient_norm_and_interim_accuracy():
     # Interim: at step 2 OPO solves none of the 4 problems and GRPO all, on every seed; at step 4 they tie.
     assert paired["interim"][2]["mean"] == pytest.approx(-1.0) and paired["interim"][2]["verdict"] == "behind"
     assert paired["interim"][4]["mean"] == 0 and paired["interim"][4]["verdict"] == "not separated"
+    # One baseline: Holm's adjustment over a family of one changes nothing.
+    assert paired["reward_late"]["adjusted_p"] == paired["reward_late"]["p_value"]
+    assert paired["reward_late"]["comparisons"] == 1 and paired["interim"][2]["adjusted_verdict"] == "behind"
     table = summary_markdown(summary)
-    grpo_row = next(line for line in table.splitlines() if line.startswith("| grpo |") and "steps 25-31" in line)
-    assert "higher" in grpo_row and "p=0.0001 ahead (steps 25-31)" in grpo_row
+    # The same difference on every seed and step: no spread, so nothing smaller than it would have been missed.
+    assert (
+        "| grpo | training reward, steps 25-31 | +0.200 [+0.200, +0.200], p=0, detectable 0.000 | ahead | ahead |"
+        in table
+    )
+    assert "| grpo | median grad norm | +1.000 [+1.000, +1.000], p=0, detectable 0.000 | higher | higher |" in table
+
+
+def test_holm_adjusts_each_figure_over_the_baselines():
+    from opo_trl.harness.compare import summary_markdown, summary_rows
+
+    # Three baselines. The interim accuracy at step 2: OPO solves none of 4 problems, every baseline varies by seed.
+    runs = _opo_and_grpo((0, 1, 2))
+    for name, interim in (("dapo", [[1, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0]]), ("gspo", [[1, 1, 1, 1]] * 3)):
+        for seed in (0, 1, 2):
+            run = _stepped_run(name, seed, lambda t: 0.1 * t, lambda t: 1.0, {2: interim[seed], 4: [1, 1, 1, 0]})
+            runs.append(run)
+    summary = summary_rows(runs)
+    cells = {p["baseline"]: p["interim"][2] for p in summary["paired"]}
+    assert {c["comparisons"] for c in cells.values()} == {3}
+    # GRPO and GSPO solve every problem on every seed: -1 with no spread, p = 0, behind adjusted or not. DAPO: seed
+    # means -0.25, 0, -0.5 (V_seeds 0.0625 / 3), problem means -2/3, -1/3, 0, 0 (V_problems 0.1019 / 4), cells' variance
+    # 0.2045 / 12: V = 0.0292, df = 1.97, t = 0.25 / 0.171, p = 0.283, the largest of the three, which Holm keeps.
+    assert cells["grpo"]["adjusted_verdict"] == cells["gspo"]["adjusted_verdict"] == "behind"
+    assert cells["dapo"]["p_value"] == pytest.approx(0.283, abs=1e-3) and cells["dapo"]["adjusted_verdict"] == (
+        "not separated"
+    )
+    assert cells["dapo"]["adjusted_p"] == pytest.approx(cells["dapo"]["p_value"])
+    assert "adjusted for the 3 comparisons of its column" in summary_markdown(summary)
 
 
 def test_short_runs_and_single_seeds_get_no_verdict():
     from opo_trl.harness.compare import summary_markdown, summary_rows
 
-    # 8 steps: rewards at 4 steps, a last quarter of one step.
+    # 8 steps: rewards at 4 steps, too few for a late window.
     summary = summary_rows(_opo_and_grpo((0, 1, 2), steps=8))
     (paired,) = summary["paired"]
     assert paired["reward_late"] is None and paired["reward_late_steps"] is None and paired["reward_steps"] == 4
-    assert "| grpo | too few steps (4 logged; the last quarter needs 4) |" in summary_markdown(summary)
+    assert "| grpo | training reward, late steps | too few steps (4 logged; the late window needs 8) |" in (
+        summary_markdown(summary)
+    )
+    # 16 steps, a rollout every 2 (the compare_cpu preset): rewards at 8 steps, whose last 4 are the late window.
+    (paired,) = summary_rows(_opo_and_grpo((0, 1, 2), steps=16))["paired"]
+    assert paired["reward_late_steps"] == [9, 15] and paired["reward_late"]["problems"] == 4
 
     # One seed: intervals over problems (steps) only, and no verdict anywhere, whatever the interval.
     summary = summary_rows(_opo_and_grpo((0,)))
@@ -164,9 +203,9 @@ def test_short_runs_and_single_seeds_get_no_verdict():
     assert paired["reward_late"]["low"] > 0 and paired["grad_norm_median"]["low"] > 0
     assert {c["verdict"] for c in cells} == {"no verdict: 1 seed"}
     assert all(c["str"].endswith("(problems only)") for c in cells)
-    # GRPO's rows: its figures, held-out differences (none here: no held-out evaluation), differences over steps.
+    # GRPO's rows: its figures, held-out differences (none here: no held-out evaluation), one row per figure over steps.
     rows = [line for line in summary_markdown(summary).splitlines() if line.startswith("| grpo |")]
-    assert len(rows) == 3 and rows[2].count("no verdict: 1 seed") == 4
+    assert len(rows) == 6 and all(row.count("no verdict: 1 seed") == 2 for row in rows[2:])
     assert not any(word in row for row in rows for word in ("ahead", "behind", "higher", "lower"))
 
 

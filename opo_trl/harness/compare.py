@@ -15,10 +15,11 @@ install scores refuses to start. Then writes:
 
 - `steps.csv`: one row per (algorithm, seed, step) with training reward, held-out accuracy, grad norm, entropy,
   completion length, the baselines' handicaps and the `opo/` diagnostics;
-- `summary.md` / `summary.json`: the answer checker, held-out accuracy after training with 95% bootstrap intervals
-  over problems and seeds, OPO against each baseline as a paired difference (interval, p-value, verdict), the same
-  pairing over training steps (late training reward, median gradient norm) and interim evaluations, and the other
-  figures;
+- `summary.md` / `summary.json`: the answer checker, held-out accuracy after training with 95% t-intervals over seeds
+  and problems (`opo_trl.harness.stats`), OPO against each baseline as a paired difference (interval, p-value, the
+  smallest difference it could have detected, verdict, and the verdict after Holm's adjustment for the other
+  baselines), the same pairing over training steps (late training reward, median gradient norm) and interim
+  evaluations, and the other figures;
 - `curves.png`: held-out accuracy, training reward, gradient norm, entropy, completion length and OPO's chi-square,
   equilibrium gap and mu over the steps, with bands over seeds (see `opo_trl.harness.plots`).
 """
@@ -243,20 +244,34 @@ LATE_MIN_STEPS = 4
 
 def late_steps(steps: list[int]) -> list[int]:
     """
-    The last quarter of `steps`, where the paper reads its final training reward; empty when that quarter has fewer
-    than `LATE_MIN_STEPS` steps (fewer than 16 logged).
+    The late window of the logged `steps`, where the paper reads its final training reward: their last quarter,
+    widened to `LATE_MIN_STEPS` when the quarter is shorter, as long as that stays within the second half; empty when
+    fewer than `2 * LATE_MIN_STEPS` steps were logged. (A run that generates every other step logs its reward on half
+    its steps: the CPU preset's 16 steps log 8, whose last 4 are the window.)
     """
-    quarter = len(steps) // 4
-    return steps[-quarter:] if quarter >= LATE_MIN_STEPS else []
+    size = max(len(steps) // 4, LATE_MIN_STEPS)
+    return steps[-size:] if size <= len(steps) // 2 else []
 
 
-def _paired(a, b, score: bool = True, **kwargs) -> dict | None:
-    """The paired difference as a summary cell; `score=False` for figures that are not scores (neutral words)."""
+def too_few_steps(logged: int) -> str:
+    """The table's words for a late window that `logged` steps cannot hold."""
+    return f"too few steps ({logged} logged; the late window needs {2 * LATE_MIN_STEPS})"
+
+
+def _estimate(a, b, **kwargs) -> stats.Estimate | None:
+    """The paired difference of two matrices, or `None` when one is missing or their shapes differ."""
     if a is None or b is None or a.shape != b.shape:
         return None
-    estimate = stats.paired_difference(a, b, **kwargs)
+    return stats.paired_difference(a, b, **kwargs)
+
+
+def _cell(estimate: stats.Estimate | None, score: bool = True) -> dict | None:
+    """A paired difference as a summary cell; `score=False` for figures that are not scores (neutral words)."""
+    if estimate is None:
+        return None
     verdict = estimate.verdict if score else estimate.direction
-    return vars(estimate) | {"str": str(estimate), "verdict": verdict}
+    adjusted = estimate.adjusted_verdict if score else estimate.adjusted_direction
+    return vars(estimate) | {"str": str(estimate), "verdict": verdict, "adjusted_verdict": adjusted}
 
 
 def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo") -> dict:
@@ -308,24 +323,32 @@ def summary_rows(runs: list[RunRecord], last_k: int = 5, reference: str = "opo")
             entry = {"baseline": name, "seeds": seeds}
             ours, theirs = by_name[reference], by_name[name]
             for key, kwargs in (("after", {}), ("greedy_after", {"greedy": True})):
-                entry[key] = _paired(outcome_matrix(ours, seeds, **kwargs), outcome_matrix(theirs, seeds, **kwargs))
+                entry[key] = _estimate(outcome_matrix(ours, seeds, **kwargs), outcome_matrix(theirs, seeds, **kwargs))
             # The paper's claims are about late training reward and gradient norm, and about how the held-out
             # accuracy moves during training: the same pairing, over training steps and interim evaluations.
             both = [r for r in ours + theirs if r.seed in seeds]
             rewarded, normed = shared_steps(both, "reward"), shared_steps(both, "grad_norm")
             late = late_steps(rewarded)
-            entry["reward_late"] = _paired(*(step_matrix(g, seeds, "reward", late) for g in (ours, theirs)))
+            entry["reward_late"] = _estimate(*(step_matrix(g, seeds, "reward", late) for g in (ours, theirs)))
             entry["reward_late_steps"] = [late[0], late[-1]] if late else None
             entry["reward_steps"] = len(rewarded)
-            entry["grad_norm_median"] = _paired(
-                *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), score=False, statistic="median"
+            entry["grad_norm_median"] = _estimate(
+                *(step_matrix(g, seeds, "grad_norm", normed) for g in (ours, theirs)), statistic="median"
             )
             interim_steps = sorted({h.step for r in ours + theirs for h in r.heldout if not h.full})
             entry["interim"] = {
-                step: _paired(outcome_matrix(ours, seeds, step=step), outcome_matrix(theirs, seeds, step=step))
+                step: _estimate(outcome_matrix(ours, seeds, step=step), outcome_matrix(theirs, seeds, step=step))
                 for step in interim_steps
             }
             paired.append(entry)
+    # Each figure asks the same question of every baseline: Holm's adjustment over those comparisons.
+    for key in ("after", "greedy_after", "reward_late", "grad_norm_median"):
+        for entry, estimate in zip(paired, stats.holm([e[key] for e in paired]), strict=True):
+            entry[key] = _cell(estimate, score=key != "grad_norm_median")
+    for step in sorted({t for e in paired for t in e["interim"]}):
+        for entry, estimate in zip(paired, stats.holm([e["interim"].get(step) for e in paired]), strict=True):
+            if step in entry["interim"]:
+                entry["interim"][step] = _cell(estimate)
     return {"algorithms": rows, "paired": paired, "reference": reference, "answer_checker": checker}  # fmt: skip
 
 
@@ -355,7 +378,7 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
     lines += [
         "",
         "Held-out accuracy: pass@1 over the held-out problems (the mean over the samples of each problem), mean over "
-        "seeds and problems with a 95% bootstrap interval over both. Training reward, truncated fraction and clip "
+        "seeds and problems with a 95% t-interval counting both. Training reward, truncated fraction and clip "
         "fraction: mean ± std over seeds of each run's mean. Grad norm: over every logged step of every seed. Zero grad "
         "with signal: optimizer steps whose gradient was exactly 0 although some group of their rollout had unequal "
         "rewards (the loss cut the gradient off), out of the steps with such a group. Truncated: completions cut at the "
@@ -365,54 +388,57 @@ def summary_markdown(summary: dict, last_k: int = 5) -> str:
     ]
     if summary["paired"]:
         reference = summary["reference"]
+        families = len(summary["paired"])
         lines += [
             "",
-            f"| {reference} vs | common seeds | Δ held-out [95% CI], p | verdict | Δ greedy [95% CI], p | verdict |",
-            "|---|---|---|---|---|---|",
+            f"| {reference} vs | common seeds | Δ held-out [95% CI], p, detectable | verdict | Holm | "
+            "Δ greedy [95% CI], p, detectable | verdict | Holm |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for p in summary["paired"]:
-            after, greedy = p["after"], p["greedy_after"]
             lines.append(
-                f"| {p['baseline']} | {len(p['seeds'])} | {ci(after)} | {after['verdict'] if after else 'n/a'} | "
-                f"{ci(greedy)} | {greedy['verdict'] if greedy else 'n/a'} |"
+                f"| {p['baseline']} | {len(p['seeds'])} | {_verdict_cells(p['after'])} | "
+                f"{_verdict_cells(p['greedy_after'])} |"
             )
         lines += [
             "",
-            f"Δ = {reference} minus the baseline on the same seeds and problems. A verdict says 'ahead' or 'behind' "
-            f"only when the interval excludes 0, and only with at least {stats.MIN_SEEDS} common seeds: with fewer, "
-            "the interval misses most of the spread between seeds and is labelled with what it covers ('problems "
-            "only' for one seed).",
+            f"Δ = {reference} minus the baseline on the same seeds and problems, with a 95% t-interval whose variance "
+            "counts both the seeds and the problems (`opo_trl.harness.stats`: about one degree of freedom per seed when "
+            "the seeds disagree more than the problems). A verdict says 'ahead' or 'behind' only when the interval "
+            f"excludes 0 (p < 0.05), and only with at least {stats.MIN_SEEDS} common seeds: with fewer, the interval "
+            "is labelled with what it covers ('problems only' for one seed). Detectable: the smallest true difference "
+            "the comparison would have found with 80% power, from its standard error; 'not separated' means no more "
+            f"than that a difference under it would likely not have been seen. Holm: the verdict adjusted for the "
+            f"{families} comparison{'s' if families != 1 else ''} of its column (one per baseline), Holm's method.",
         ]
         interim_steps = sorted({int(t) for p in summary["paired"] for t in p.get("interim", {})})
         lines += [
             "",
-            f"| {reference} vs | Δ training reward, late steps [95% CI], p | Δ median grad norm [95% CI], p | "
-            + "".join(f"Δ interim held-out, step {t} [95% CI], p | " for t in interim_steps),
-            "|---|---|---|" + "---|" * len(interim_steps),
+            f"| {reference} vs | figure | Δ [95% CI], p, detectable | verdict | Holm |",
+            "|---|---|---|---|---|",
         ]
         for p in summary["paired"]:
             late = p.get("reward_late_steps")
             interim = {int(t): v for t, v in p.get("interim", {}).items()}
             if late:
-                late_cell = f"{_verdict(p.get('reward_late'))} (steps {late[0]}-{late[1]})"
-            elif p.get("reward_steps"):
-                late_cell = f"too few steps ({p['reward_steps']} logged; the last quarter needs {LATE_MIN_STEPS})"
+                late_row = f"training reward, steps {late[0]}-{late[1]} | {_verdict_cells(p.get('reward_late'))}"
             else:
-                late_cell = "n/a"
-            lines.append(
-                f"| {p['baseline']} | {late_cell} | {_verdict(p.get('grad_norm_median'))} | "
-                + "".join(f"{_verdict(interim.get(t))} | " for t in interim_steps)
-            )
+                words = too_few_steps(p["reward_steps"]) if p.get("reward_steps") else "n/a"
+                late_row = f"training reward, late steps | {words} | | "
+            rows = [late_row, f"median grad norm | {_verdict_cells(p.get('grad_norm_median'))}"]
+            rows += [f"interim held-out, step {t} | {_verdict_cells(interim.get(t))}" for t in interim_steps]
+            lines += [f"| {p['baseline']} | {row} |" for row in rows]
         lines += [
             "",
             "Paired over training steps: on the same seed every algorithm trains on the same prompts in the same order, "
-            "so the training reward and the gradient norm of a step pair across algorithms (the bootstrap resamples "
-            "seeds and steps). Late steps: the last quarter of the logged steps, at least "
-            f"{LATE_MIN_STEPS}. The gradient norm (before clipping) compares medians, since single steps reach 10x the "
-            "median; each loss has its own scale, so a larger norm is not by itself a better update: it is 'higher' "
-            f"or 'lower', never 'ahead' or 'behind'. With fewer than {stats.MIN_SEEDS} seeds, an interval here "
-            "labelled 'problems only' resamples the steps only. Interim held-out: the first problems of the held-out "
-            "set, one sample each, during training.",
+            "so the training reward and the gradient norm of a step pair across algorithms (the interval counts seeds "
+            "and steps as it counts seeds and problems). Late steps: the last quarter of the steps that logged a "
+            f"reward, at least {LATE_MIN_STEPS} of them and at most half (a run must log its reward on "
+            f"{2 * LATE_MIN_STEPS} steps). The gradient norm (before clipping) compares medians, since single steps "
+            "reach 10x the median: per seed the difference of the two runs' medians, then the t over seeds. Each loss "
+            "has its own scale, so a larger norm is not by itself a better update: it is 'higher' or 'lower', never "
+            "'ahead' or 'behind'. Interim held-out: the first problems of the held-out set, one sample each, during "
+            "training. Holm: over the baselines, for each figure.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -424,8 +450,11 @@ def _checker_text(summary: dict) -> str:
     return "n/a" if checker is None else checker
 
 
-def _verdict(cell) -> str:
-    return "n/a" if cell is None else f"{cell['str']} {cell['verdict']}"
+def _verdict_cells(cell) -> str:
+    """Three table cells: the difference with its interval, p-value and detectable difference; the verdict; Holm's."""
+    if cell is None:
+        return "n/a | | "
+    return f"{cell['str']} | {cell['verdict']} | {cell.get('adjusted_verdict', cell['verdict'])}"
 
 
 def per_run_markdown(runs: list[RunRecord], last_k: int = 5) -> str:
@@ -496,8 +525,23 @@ def _fmt(value, digits=3):
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+HELP_EPILOG = f"""\
+statistics (opo_trl.harness.stats): 95% t-intervals whose variance counts seeds and problems; a verdict
+('ahead'/'behind') only when the interval excludes 0 and with at least {stats.MIN_SEEDS} common seeds; beside each
+difference the smallest one it could have detected (80% power), and the verdict after Holm's adjustment for the
+other baselines.
+
+how long a run must be: the late training reward is read over the last quarter of the steps that log a reward, at
+least {LATE_MIN_STEPS} of them and at most half, so a run must log its reward on at least {2 * LATE_MIN_STEPS} steps; a run that
+generates every other optimizer step (the compare_cpu preset) logs it on half its steps and needs
+{4 * LATE_MIN_STEPS} steps, the preset's length."""
+
+
 def main(argv):
-    parser = argparse.ArgumentParser(prog="opo-trl compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="opo-trl compare", description=__doc__.split("\n\n")[0], epilog=HELP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("--config", required=True, help="Recipe shared by every run.")
     parser.add_argument("--algorithms", nargs="+", default=["opo", "grpo", "dapo", "gspo"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

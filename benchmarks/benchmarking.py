@@ -1,0 +1,275 @@
+# Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
+"""
+What a benchmark of training runs needs, shared by `algorithms_across_tasks.py` (benchmark v2) and `rollout_reuse.py`
+(benchmark v3):
+
+- planning and resuming: a benchmark is a list of `Run`s; each run's small raw files (summary.json, metrics.jsonl,
+  heldout.jsonl) are copied to `<its benchmark's folder>/runs/<phase>/<task>/<name>-lr<LR>-seed<S>/` as soon as it
+  finishes, and a run whose raw files are there is done and never run again, so an interrupted grid resumes where it
+  stopped;
+- launching: `run_phase` runs the pending runs `--jobs` at a time (2 on the project's 2-core machines), each as
+  `python -m opo_trl.harness.run` in its own process with cores / jobs threads, the first run of each seed first (the
+  others of that seed reuse its evaluation of the initial model), and with `--commit` commits each run's raw files
+  as it finishes;
+- loading: `load_records` reads the finished runs back as `opo_trl.harness.compare.RunRecord`s;
+- reporting: `accuracy_cell` and `comparison_table`, the seed-level statistics of `opo_trl.harness.stats` (t-intervals
+  over seeds and problems, the sign-flip p-value over seeds, the smallest difference each comparison could have
+  detected, verdicts, and Holm's adjustment over the comparisons of a table).
+
+The scripts import it as a sibling module (`python benchmarks/<script>.py` puts `benchmarks/` on the path).
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the worktree's opo_trl, also without an install
+
+from opo_trl.harness import stats  # noqa: E402
+from opo_trl.harness.compare import RunRecord, load_run, outcome_matrix  # noqa: E402
+from opo_trl.harness.runfiles import RunFiles  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Run:
+    """One planned run: where its raw files go (`root`, the benchmark's folder under `docs/`), its phase, task, name in
+    the tables, algorithm, seed, learning rate and command-line overrides; `shares_before_with`: other phases whose runs
+    of the same task and seed evaluated the same initial model (so this run may reuse that evaluation)."""
+
+    root: Path
+    phase: str
+    task: str
+    name: str  # what the tables call it: the algorithm, or a variant
+    algorithm: str
+    seed: int
+    learning_rate: float
+    overrides: dict = field(default_factory=dict, hash=False)
+    shares_before_with: tuple[str, ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-lr{self.learning_rate:g}-seed{self.seed}"
+
+    @property
+    def docs_dir(self) -> Path:
+        return self.root / "runs" / self.phase / self.task / self.key
+
+    def work_dir(self, work_root: Path) -> Path:
+        return work_root / self.phase / self.task / self.key
+
+    @property
+    def done(self) -> bool:
+        return RunFiles(self.docs_dir).finished
+
+
+def recipe(task: str) -> Path:
+    return REPO / "benchmarks" / "recipes" / f"benchmark_{task}.yaml"
+
+
+def command(run: Run, work_root: Path, before_from: Path | None) -> list[str]:
+    args = [sys.executable, "-m", "opo_trl.harness.run", "--config", str(recipe(run.task)), "--algorithm", run.algorithm,
+            "--seed", str(run.seed), "--learning_rate", str(run.learning_rate),
+            "--output_dir", str(run.work_dir(work_root))]  # fmt: skip
+    for key, value in run.overrides.items():
+        args += [f"--{key}", str(value)]
+    if before_from is not None:
+        args += ["--heldout_before_from", str(before_from)]
+    return args
+
+
+def evaluated_before(run: Run) -> Path | None:
+    """A finished run of the same task and seed, of this run's phase or of one it shares with, that evaluated the initial
+    model: its evaluation can be reused."""
+    for phase in (run.phase, *run.shares_before_with):
+        for sibling in sorted((run.root / "runs" / phase / run.task).glob(f"*-seed{run.seed}")):
+            files = RunFiles(sibling)
+            if files.finished and files.heldout_path.exists():
+                return sibling
+    return None
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def threads_per_run(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 2) // jobs)
+
+
+def execute(run: Run, work_root: Path, threads: int, commit: bool, log: Callable[[str], None] = log) -> None:
+    """Run one planned run in its own process; when it finishes, copy its raw files to `run.docs_dir` (and commit)."""
+    work = run.work_dir(work_root)
+    if work.exists():
+        shutil.rmtree(work)  # an interrupted attempt: start it again
+    work.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    start = time.perf_counter()
+    with (work / "run.log").open("w") as out:
+        process = subprocess.run(command(run, work_root, evaluated_before(run)), cwd=REPO, env=env, stdout=out,
+                                 stderr=out)  # fmt: skip
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        log(
+            f"FAILED {run.phase}/{run.task}/{run.key} after {wall:.0f} s (exit {process.returncode}): see {work}/run.log"
+        )
+        return
+    # The run's own files, as the job wrote them (its summary records its wall time and threads); the run's name,
+    # phase, task and overrides are its folder and the benchmark's tables.
+    summary = RunFiles(work).copy_raw_files(run.docs_dir).read_summary()
+    for path in work.glob("*.safetensors"):
+        path.unlink()  # checkpoints are not raw results
+    log(f"done {run.phase}/{run.task}/{run.key} in {wall / 60:.1f} min: held-out {summary.heldout_accuracy_before:.3f}"
+        f" -> {summary.heldout_accuracy_after:.3f}")  # fmt: skip
+    if commit:
+        commit_raw_files(run)
+
+
+def commit_raw_files(run: Run) -> None:
+    """Commit one run's raw files, with a message naming the benchmark's folder and the run."""
+    top = Path(
+        subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=run.root, capture_output=True, text=True
+        ).stdout.strip()
+    )
+    rel = run.docs_dir.relative_to(top)
+    message = f"{run.root.name.replace('_', ' ')}: {run.phase}/{run.task}/{run.key}"
+    for _ in range(10):  # another commit may hold the index lock for a moment
+        added = subprocess.run(["git", "add", str(rel)], cwd=top, capture_output=True)
+        done = subprocess.run(["git", "commit", "-q", "-m", message, "--", str(rel)], cwd=top, capture_output=True)
+        if added.returncode == 0 and done.returncode == 0:
+            return
+        time.sleep(5)
+
+
+def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None:
+    """
+    Every pending run of `runs`, `jobs` at a time, task by task (so that an interrupted phase leaves whole tasks behind).
+    Within a task, the first run of each seed evaluates the initial model and the others of that seed reuse it: those
+    first runs go first, and a run waits only for its own seed's first run.
+    """
+    threads = threads_per_run(jobs)
+    pending = [r for r in runs if not r.done]
+    log(f"{len(runs) - len(pending)} of {len(runs)} runs already done; {len(pending)} to go, {jobs} at a time")
+    for task in dict.fromkeys(r.task for r in pending):
+        firsts = {}
+        for r in pending:
+            if r.task == task and r.seed not in firsts and evaluated_before(r) is None:
+                firsts[r.seed] = r
+        rest = [r for r in pending if r.task == task and r not in firsts.values()]
+        with ThreadPoolExecutor(jobs) as pool:
+            started = {seed: pool.submit(execute, r, work_root, threads, commit, log) for seed, r in firsts.items()}
+            others = [pool.submit(_run_after, started.get(r.seed), r, work_root, threads, commit) for r in rest]
+            for future in [*started.values(), *others]:
+                future.result()
+
+
+def _run_after(first, run: Run, *args) -> None:
+    # Only a run whose seed's first run is still going waits (for that run's evaluation of the initial model); the
+    # others take the slots as they free up.
+    if first is not None:
+        first.result()
+    execute(run, *args, log)
+
+
+def run_side_by_side(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None:
+    """The pending runs of `runs`, `jobs` at a time, none waiting for another (each evaluates its initial model)."""
+    threads = threads_per_run(jobs)
+    with ThreadPoolExecutor(jobs) as pool:
+        for future in [pool.submit(execute, r, work_root, threads, commit, log) for r in runs if not r.done]:
+            future.result()
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, work_dir: Path) -> None:
+    """The options of every benchmark script that launches runs."""
+    parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (each gets cores / jobs threads).")
+    parser.add_argument("--work_dir", default=str(work_dir), help="Where runs write.")
+    parser.add_argument("--commit", action="store_true", help="Commit each finished run's raw files.")
+
+
+def load_records(runs: Iterable[Run]) -> dict[Run, RunRecord]:
+    """The finished runs of `runs`, read back from their raw files, named as the tables name them."""
+    return {r: load_run(r.docs_dir, r.name, r.seed) for r in runs if r.done}
+
+
+# Reporting.
+
+
+def accuracy_cell(records: list[RunRecord], greedy: bool = False) -> stats.Estimate | None:
+    """Held-out pass@1 (or greedy accuracy) after training over the seeds of `records`, with its interval."""
+    seeds = sorted(r.seed for r in records)
+    matrix = outcome_matrix(records, seeds, greedy=greedy)
+    return None if matrix is None else stats.mean_ci(matrix)
+
+
+def paired_on_common_seeds(ours: list[RunRecord], theirs: list[RunRecord], **kwargs) -> stats.Estimate | None:
+    """
+    Held-out pass@1 after training of `ours` minus `theirs`, paired on their common seeds and the same problems;
+    `kwargs`: `greedy=True`, or those of `stats.paired_difference` (`variation`). `None` without a common seed.
+    """
+    seeds = sorted({r.seed for r in ours} & {r.seed for r in theirs})
+    greedy = kwargs.pop("greedy", False)
+    a, b = (outcome_matrix(g, seeds, greedy=greedy) for g in (ours, theirs))
+    if not seeds or a is None or b is None or a.shape != b.shape:
+        return None
+    return stats.paired_difference(a, b, **kwargs)
+
+
+COMPARISON_COLUMNS = (
+    "seeds | difference [95% CI] | p | sign-flip p | detectable (80% power) | verdict | Holm",
+    "---|---|---|---|---|---|---",
+)
+
+
+def comparison_cells(estimate: stats.Estimate | None, score: bool = True) -> str:
+    """One comparison's cells, in `COMPARISON_COLUMNS`' order."""
+    if estimate is None:
+        return "0 | n/a | | | | |"
+    e = estimate
+    coverage = f" ({e.coverage})" if e.coverage else ""
+    sign_flip = "n/a" if e.sign_flip_p is None else f"{e.sign_flip_p:.2g}"
+    detectable = "n/a" if e.detectable is None else f"{e.detectable:.3f}"
+    verdict, adjusted = (e.verdict, e.adjusted_verdict) if score else (e.direction, e.adjusted_direction)
+    return (
+        f"{e.seeds} | {e.interval()}{coverage} | {e.p_value:.2g} | {sign_flip} | {detectable} | {verdict} | {adjusted}"
+    )
+
+
+def comparison_table(rows: list[tuple[tuple[str, ...], stats.Estimate | None]], labels: tuple[str, ...],
+                     score: bool = True) -> str:  # fmt: skip
+    """
+    A markdown table of paired comparisons, one family: each row's `labels` cells, then its common seeds, difference
+    with its 95% t-interval, p-value, exact sign-flip p-value over seeds, the smallest difference it could have detected
+    at 80% power, verdict, and the verdict after Holm's adjustment over the table's comparisons; then a line saying how
+    many comparisons the adjustment covered.
+    """
+    adjusted = stats.holm([estimate for _, estimate in rows])
+    lines = [
+        "| " + " | ".join(labels) + " | " + COMPARISON_COLUMNS[0] + " |",
+        "|" + "---|" * len(labels) + COMPARISON_COLUMNS[1] + "|",
+    ]
+    for (cells, _), estimate in zip(rows, adjusted, strict=True):
+        lines.append("| " + " | ".join(cells) + " | " + comparison_cells(estimate, score) + " |")
+    m = sum(e is not None for e in adjusted)
+    lines += ["", f"{m} comparison{'s' if m != 1 else ''} in this table; Holm: the verdicts adjusted over them."]
+    return "\n".join(lines) + "\n"
+
+
+STATISTICS_NOTE = (
+    "Intervals: 95% t-intervals whose variance counts the seeds and the problems (two-way, `opo_trl.harness.stats`; "
+    "with 3 seeds that differ more than the problems, about 2 degrees of freedom). Verdict: 'ahead' or 'behind' when "
+    f"the interval excludes 0 (p < 0.05), only with at least {stats.MIN_SEEDS} seeds. Sign-flip p: the exact "
+    "permutation test over the seeds' mean differences, assuming nothing of their distribution; its smallest value "
+    "is 2 / 2^seeds (0.25 at 3 seeds), so it cannot reject below 6 seeds. Detectable: the smallest true difference "
+    "the comparison would have found with 80% power, from its standard error; 'not separated' says no more than that "
+    "a difference under it would likely not have been seen. Holm: the verdict after Holm's adjustment over the "
+    "comparisons of the table."
+)
