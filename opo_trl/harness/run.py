@@ -170,8 +170,11 @@ def _quantization_config(model_args, training_args):
 
 def exit_launched_process() -> None:
     """
-    End a process started by `accelerate launch` or torchrun once its job is done, without the interpreter's teardown.
-    Does nothing in a single process.
+    End a process started by `accelerate launch` or torchrun, or one that ran a vLLM engine, once its job is done,
+    without the interpreter's teardown. Does nothing in a single process without vLLM.
+
+    vLLM imports triton, whose nanobind bindings print about 30 lines of "nanobind: leaked ..." at teardown, after the
+    run's summary: the last screen of a run should be its summary.
 
     DeepSpeed ZeRO-3 keeps process-group handles alive after the group is destroyed (its module-level
     `FWD_MODULE_STACK` holds the model, whose parameters hold `ds_process_group`; `deepspeed.utils.groups` holds the
@@ -180,7 +183,7 @@ def exit_launched_process() -> None:
     exception") after its run had finished and written everything. The exit handlers still run; only that teardown is
     skipped.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "vllm" not in sys.modules:
         return
     import atexit
 
