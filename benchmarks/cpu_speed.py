@@ -7,7 +7,8 @@ on 2 CPU cores: does it run faster, and does it learn as well as float32 `model.
     python benchmarks/cpu_speed.py runs [--configs ...] [--seeds ...] [--commit]   # one run at a time, resumable
     python benchmarks/cpu_speed.py report                               # the table, from docs/cpu_speed/
 
-The configurations (`CONFIGS`) differ only in the quickstart keys they override. `runs` goes seed by seed and, within
+The configurations (`CONFIGS`) differ only in the quickstart keys they override; everything else is the shipped
+quickstart, its checkpoints included. `runs` goes seed by seed and, within
 a seed, through every configuration, one run at a time (never two: this measures speed), so that a machine whose load
 changes affects every configuration alike; each run's raw files and the load average around it are copied to
 `docs/cpu_speed/runs/<config>-seed<N>/` and committed with `--commit`. A run with a `summary.json` there is done.
@@ -26,6 +27,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -55,7 +57,7 @@ def command(config: str, seed: int) -> list[str]:
     overrides = [f"--{key}={str(value).lower()}" for key, value in CONFIGS[config].items()]
     return [
         sys.executable, "-m", "opo_trl.harness.cli", "train", "--config", "quickstart", "--seed", str(seed),
-        "--output_dir", str(WORK / f"{config}-seed{seed}"), "--save_strategy", "no", *overrides,
+        "--output_dir", str(WORK / f"{config}-seed{seed}"), *overrides,
     ]  # fmt: skip
 
 
@@ -76,6 +78,7 @@ def execute(config: str, seed: int, commit: bool, code: Path = REPO) -> None:
         return
     target = run_dir(config, seed)
     summary = RunFiles(work).copy_raw_files(target).read_summary()
+    shutil.rmtree(work)  # the trained model and the checkpoint (2 GB) are not raw results
     # The wall clock of the whole command (start-up and model load included) and the load around it: 1-minute load
     # averages, before and after; the run itself keeps about 2 busy.
     (target / "timing.json").write_text(
@@ -273,7 +276,8 @@ def profile_one(config: str) -> None:
                 lambda: "loss forward" if in_loss else "rollout log-prob forward")  # fmt: skip
     phases.wrap(torch.optim.AdamW, "step", "optimizer")
     phases.wrap(evaluation, "evaluate_heldout", "held-out evaluation")
-    argv = command(config, 0)[4:] + ["--max_steps", "4", "--output_dir", str(WORK / f"profile-{config}")]
+    argv = command(config, 0)[4:] + ["--max_steps", "4", "--save_strategy", "no"]
+    argv += ["--output_dir", str(WORK / f"profile-{config}")]
     train(*parse_train_args(argv))
     out = {json.dumps(list(key)): value for key, value in phases.seconds.items()}
     (WORK / f"profile-{config}.json").write_text(json.dumps(out, indent=1))
