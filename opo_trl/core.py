@@ -80,6 +80,36 @@ def group_advantages(
     return advantages.reshape(rewards.shape)
 
 
+def masked_mean(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    dim: int | None = None,
+    sum_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """
+    The mean of `values` over the entries where `mask` is 1 (0 where the mask has none), along `dim` or over all.
+
+    Args:
+        values (`torch.Tensor`): The values; entries under a 0 of the mask count as `value * 0`.
+        mask (`torch.Tensor`): 0/1 (or boolean) mask, broadcastable to `values`.
+        dim (`int` or `None`, *optional*): The dimension to average over; `None` averages everything.
+        sum_processes (`Callable` or `None`, *optional*): A sum over processes (e.g. `accelerator.reduce(...,
+            reduction="sum")`), applied to the stacked total and count of a `dim=None` mean: the mean over all processes.
+
+    Example:
+
+    ```python
+    >>> masked_mean(torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]]), torch.tensor([[1, 1, 0], [0, 0, 0]]), dim=-1)
+    tensor([1.5000, 0.0000])
+
+    ```
+    """
+    total, count = (values * mask).sum(dim), mask.sum(dim)
+    if sum_processes is not None:
+        total, count = sum_processes(torch.stack([total, count.float()]))
+    return total / count.clamp(min=1.0)
+
+
 class EscortDrive(NamedTuple):
     """The escort drive of a batch of groups, flat and detached."""
 
@@ -96,10 +126,9 @@ def sequence_log_prob(per_token_logps: torch.Tensor, mask: torch.Tensor, aggrega
     if aggregation not in ("mean", "sum"):
         raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}.")
     mask = mask.to(per_token_logps.dtype)
-    total = torch.where(mask.bool(), per_token_logps, 0.0).sum(dim=-1)
-    count = mask.sum(dim=-1)
-    value = total / count.clamp(min=1.0) if aggregation == "mean" else total
-    return torch.where(count > 0, value, torch.full_like(value, float("nan")))
+    values = torch.where(mask.bool(), per_token_logps, 0.0)
+    value = masked_mean(values, mask, dim=-1) if aggregation == "mean" else values.sum(dim=-1)
+    return torch.where(mask.sum(dim=-1) > 0, value, torch.full_like(value, float("nan")))
 
 
 def escort_drive(
@@ -321,7 +350,7 @@ def trust_region_mu(
         `torch.Tensor`: mu, a 0-dim tensor on the drive's device.
     """
     ok = torch.ones_like(drive, dtype=torch.bool) if valid is None else valid.to(torch.bool)
-    mean_g2 = (drive.detach().double().pow(2) * ok).sum() / ok.sum().clamp(min=1)
+    mean_g2 = masked_mean(drive.detach().double().pow(2), ok)
     return torch.sqrt(mean_g2 / target_chi2).clamp(min=mu_min, max=mu_max).to(drive.dtype)
 
 
@@ -348,10 +377,9 @@ def sequence_log_ratio(
     if aggregation not in LOG_RATIO_AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {LOG_RATIO_AGGREGATIONS}, got {aggregation!r}.")
     token_log_ratio = torch.where(mask.bool(), per_token_logps - old_per_token_logps, 0.0)
-    delta = (token_log_ratio * mask).sum(dim=-1)
-    if aggregation == "mean":
-        delta = delta / mask.sum(dim=-1).clamp(min=1.0)
-    return delta
+    return (
+        masked_mean(token_log_ratio, mask, dim=-1) if aggregation == "mean" else (token_log_ratio * mask).sum(dim=-1)
+    )
 
 
 def _log_ratio(delta: torch.Tensor) -> torch.Tensor:
@@ -404,7 +432,7 @@ def sequence_importance_weight(importance_sampling_ratio: torch.Tensor, mask: to
     ratio = importance_sampling_ratio.detach()
     if ratio.size(-1) == 1:
         return ratio.squeeze(-1)
-    return (ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return masked_mean(ratio, mask, dim=-1)
 
 
 def per_token_kl(
@@ -472,6 +500,7 @@ def opo_sequence_loss(
     kl = None
     if beta != 0.0:
         kl = per_token_kl(per_token_logps, ref_per_token_logps, old_per_token_logps if kl_ratio_correction else None)
+        # beta times the masked sum, then divided: not beta * masked_mean, whose rounding differs in the last bit.
         loss = loss + beta * (kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return SequenceLoss(loss, delta, kl)
 
@@ -564,8 +593,7 @@ def rollout_kl(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor)
 
 def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean token entropy H over the unmasked tokens of a micro-batch, as TRL's entropy bonus `- coef * H` uses it."""
-    mask = mask.to(entropies.dtype)
-    return (entropies * mask).sum() / mask.sum().clamp(min=1.0)
+    return masked_mean(entropies, mask.to(entropies.dtype))
 
 
 def _to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:

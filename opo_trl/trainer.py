@@ -13,6 +13,7 @@ from .core import (
     entropy_bonus,
     escort_drive,
     escort_statistics,
+    masked_mean,
     opo_sequence_loss,
     ratio_statistics,
     rollout_kl,
@@ -157,7 +158,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         else:
             log_reference = None
             if args.escort_reference != "none":
-                mask = _loss_mask(output)
+                mask = loss_mask(output)
                 local = sequence_log_prob(self._rollout_logps(output, mode), mask, args.escort_reference)
                 log_reference = self.accelerator.gather(local)
             escort = escort_drive(
@@ -234,7 +235,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             if chunk.get("old_per_token_logps") is None:
                 raise RuntimeError("escort_form='softmax_mixture' reuses a rollout without its old log-probs.")
             logps = self._current_logps(chunk, self.args.per_device_train_batch_size)
-            mask = _loss_mask(chunk)
+            mask = loss_mask(chunk)
             deltas.append(
                 sequence_log_ratio(logps, chunk["old_per_token_logps"], mask, self.args.log_ratio_aggregation)
             )
@@ -285,7 +286,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = loss_mask(inputs)
 
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
@@ -344,8 +345,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
 
     def _log_loss_metrics(self, mode, mask, entropies, out, inputs, mu, policy_loss, kl_to_rollout):
         def global_masked_mean(x):
-            totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
-            return (totals[0] / totals[1].clamp(min=1.0)).item()
+            return masked_mean(x, mask, sum_processes=lambda t: self.accelerator.reduce(t, reduction="sum")).item()
 
         metrics = self._metrics[mode]
         metrics["entropy"].append(global_masked_mean(entropies))
@@ -393,9 +393,10 @@ MULTIMODAL_KEYS = (
 )
 
 
-def _loss_mask(output):
-    mask = output["completion_mask"]
-    return mask if output.get("tool_mask") is None else mask * output["tool_mask"]
+def loss_mask(batch):
+    """The tokens a batch's loss and statistics count: `completion_mask`, times `tool_mask` when the batch has one."""
+    mask = batch["completion_mask"]
+    return mask if batch.get("tool_mask") is None else mask * batch["tool_mask"]
 
 
 def _warn_where_opo_does_less(trainer) -> None:

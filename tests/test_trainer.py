@@ -344,14 +344,21 @@ def test_training_order_depends_on_the_seed_only(tmp_path, tiny_model_path):
 
 
 def input_keys(method):
-    """The keys a `_compute_loss` reads from its `inputs`, from its source (`MULTIMODAL_KEYS` stands for its keys)."""
+    """
+    The keys a `_compute_loss` reads from its `inputs`, from its source (`MULTIMODAL_KEYS` and `loss_mask(inputs)`
+    stand for the keys they read).
+    """
     import re
 
-    from opo_trl.trainer import MULTIMODAL_KEYS
+    from opo_trl.trainer import MULTIMODAL_KEYS, loss_mask
 
     source = inspect.getsource(method)
-    keys = set(re.findall(r"""inputs(?:\[|\.get\()["'](\w+)["']""", source))
-    return keys | set(MULTIMODAL_KEYS) if "in MULTIMODAL_KEYS" in source else keys
+    keys = set(re.findall(r"""(?:inputs|batch)(?:\[|\.get\()["'](\w+)["']""", source))
+    if "in MULTIMODAL_KEYS" in source:
+        keys |= set(MULTIMODAL_KEYS)
+    if "loss_mask(inputs)" in source:
+        keys |= input_keys(loss_mask)
+    return keys
 
 
 # Keys GRPOTrainer's loss reads that OPO's does not, each with the reason.
