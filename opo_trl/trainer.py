@@ -12,17 +12,15 @@ from .config import OPOConfig
 from .core import (
     entropy_bonus,
     escort_drive,
-    escort_statistics,
     masked_mean,
     opo_sequence_loss,
-    ratio_statistics,
-    rollout_kl,
     sequence_importance_weight,
     sequence_log_prob,
     sequence_log_ratio,
     softmax_mixture_drive,
     trust_region_mu,
 )
+from .diagnostics import escort_statistics, ratio_statistics, rollout_kl
 from .rollout_state import RolloutCheckpointMixin
 from .validation import validate_dataset
 from .vllm_cpu import cpu_colocate

@@ -10,17 +10,15 @@ from hypothesis import strategies as st
 from opo_trl.core import (
     entropy_bonus,
     escort_drive,
-    escort_statistics,
     group_advantages,
     opo_loss,
     opo_sequence_loss,
     per_token_kl,
-    ratio_statistics,
-    rollout_kl,
     sequence_log_prob,
     sequence_log_ratio,
     trust_region_mu,
 )
+from opo_trl.diagnostics import escort_statistics, ratio_statistics, rollout_kl
 
 
 def drive_from_rewards(rewards, num_generations, alpha, scale_rewards="none"):

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import OPOConfig
-from ..core import masked_mean, rollout_kl
+from ..core import masked_mean
+from ..diagnostics import rollout_kl
 from ..rollout_state import RolloutCheckpointMixin
 from ..trainer import OPOTrainer, loss_mask
 
