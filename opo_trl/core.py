@@ -48,38 +48,6 @@ MAX_ESCORT_EXPONENT_LIMIT = 30.0
 MAX_EXACT_LOG_RATIO = 20.0
 
 
-def group_advantages(
-    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "none", eps: float = 1e-4
-) -> torch.Tensor:
-    """
-    Centre rewards within each prompt group, NaN-aware, as `GRPOTrainer` does with `sum_then_normalize`.
-
-    Args:
-        rewards (`torch.Tensor`):
-            Flat tensor of shape `(num_groups * num_generations,)`; the completions of one prompt are consecutive.
-            `NaN` marks a completion no reward function could score: it is left out of the group statistics and its
-            advantage is `NaN`.
-        num_generations (`int`):
-            Completions per prompt (G).
-        scale_rewards (`str`, *optional*, defaults to `"none"`):
-            `"none"` only centres (the OPO paper); `"group"` divides by the group std, `"batch"` by the batch std.
-        eps (`float`, *optional*, defaults to `1e-4`):
-            Added to the std before dividing, as in TRL.
-
-    Returns:
-        `torch.Tensor`: Advantages, same shape as `rewards`.
-    """
-    if scale_rewards not in SCALE_REWARDS:
-        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}.")
-    grouped = rewards.view(-1, num_generations)
-    advantages = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
-    if scale_rewards == "group":
-        advantages = advantages / (_nanstd(grouped, dim=1, keepdim=True) + eps)
-    elif scale_rewards == "batch":
-        advantages = advantages / (_nanstd(rewards.view(-1), dim=0, keepdim=True) + eps)
-    return advantages.reshape(rewards.shape)
-
-
 def masked_mean(
     values: torch.Tensor,
     mask: torch.Tensor,
@@ -508,11 +476,3 @@ def opo_sequence_loss(
 def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean token entropy H over the unmasked tokens of a micro-batch, as TRL's entropy bonus `- coef * H` uses it."""
     return masked_mean(entropies, mask.to(entropies.dtype))
-
-
-def _nanstd(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
-    # Bessel-corrected std over the non-NaN entries, like TRL's `nanstd`.
-    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
-    var = torch.nanmean((x - torch.nanmean(x, dim=dim, keepdim=True)) ** 2, dim=dim, keepdim=True)
-    std = torch.sqrt(var * count / (count - 1).clamp(min=1))
-    return std if keepdim else std.squeeze(dim)

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 from opo_trl.core import (
     entropy_bonus,
     escort_drive,
-    group_advantages,
     opo_loss,
     opo_sequence_loss,
     per_token_kl,
@@ -19,6 +18,7 @@ from opo_trl.core import (
     trust_region_mu,
 )
 from opo_trl.diagnostics import escort_statistics, ratio_statistics, rollout_kl
+from opo_trl.harness.testing import group_advantages
 
 
 def drive_from_rewards(rewards, num_generations, alpha, scale_rewards="none"):

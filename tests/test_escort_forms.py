@@ -9,11 +9,11 @@ from opo_trl import OPOConfig
 from opo_trl.core import (
     EscortDrive,
     escort_drive,
-    group_advantages,
     opo_loss,
     softmax_mixture_drive,
 )
 from opo_trl.diagnostics import escort_statistics
+from opo_trl.harness.testing import group_advantages
 
 from .conftest import cpu_config_kwargs, hand_logps, logged, make_trainer
 

@@ -11,7 +11,8 @@ from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer
 
 from opo_trl import OPOConfig, OPOTrainer
-from opo_trl.core import escort_drive, group_advantages
+from opo_trl.core import escort_drive
+from opo_trl.harness.testing import group_advantages
 
 from .conftest import (
     changed,
