@@ -81,8 +81,8 @@ def masked_mean(
 class EscortDrive(NamedTuple):
     """The escort drive of a batch of groups, flat and detached."""
 
-    drive: torch.Tensor  # g = w - mean_group(w), 0 where invalid
-    weights: torch.Tensor  # w, 0 where invalid
+    drive: torch.Tensor  # g = w - mean_group(w), 0 where unscorable
+    weights: torch.Tensor  # w, 0 where unscorable
     clipped: torch.Tensor  # bool: the exponent hit the cap
 
 
@@ -103,7 +103,7 @@ def escort_drive(
     advantages: torch.Tensor,
     num_generations: int,
     alpha: float,
-    valid: torch.Tensor | None = None,
+    scorable: torch.Tensor | None = None,
     max_exponent: float = MAX_ESCORT_EXPONENT,
     log_reference: torch.Tensor | None = None,
     temperature: float = 1.0,
@@ -129,14 +129,14 @@ def escort_drive(
     pi_k(y)^-(1 - alpha) alone would be around e^18.
 
     `normalization="none"` subtracts the group mean of w: the orthogonal projection onto probability conservation, so
-    g sums to zero over the valid completions of every group; the exponent is capped at `max_exponent`.
+    g sums to zero over the scorable completions of every group; the exponent is capped at `max_exponent`.
     `normalization="mean"` divides by it instead, g_i = w_i / mean_j w_j - 1: a self-normalised estimate of the escort
     ratio rho_alpha / pi_k minus 1, which has mean 0 under pi_k too. It is today's drive divided by the group's mean w,
-    so it is scale-free (g in [-1, n - 1] for n valid completions whatever T or the reward scale) and is computed in log
+    so it is scale-free (g in [-1, n - 1] for n scorable completions whatever T or the reward scale) and is computed in log
     space, so no exponent is capped. Either way a group whose exponents all tie gets g = 0 exactly.
 
-    Invalid completions (`valid` false, or a `NaN` advantage) get g = 0 and are left out of the group mean; a group with
-    no valid completion contributes nothing.
+    Unscorable completions (`scorable` false, or a `NaN` advantage) get g = 0 and are left out of the group mean; a group
+    with no scorable completion contributes nothing.
 
     Args:
         advantages (`torch.Tensor`):
@@ -145,7 +145,7 @@ def escort_drive(
             Completions per prompt (G).
         alpha (`float`):
             Escort exponent in [0, 1). alpha -> 1 flattens the weights (no update); alpha = 0 is the most aggressive.
-        valid (`torch.Tensor` or `None`, *optional*):
+        scorable (`torch.Tensor` or `None`, *optional*):
             Boolean mask of completions that carry a reward.
         max_exponent (`float`, *optional*, defaults to `MAX_ESCORT_EXPONENT`):
             Upper bound on the exponent with `normalization="none"`, so that w never overflows to inf.
@@ -158,7 +158,7 @@ def escort_drive(
             `"none"` (g = w - mean w) or `"mean"` (g = w / mean w - 1).
 
     Returns:
-        [`EscortDrive`]: The drive g, the escort weights (w with `"none"`, w / mean w with `"mean"`; 0 where invalid)
+        [`EscortDrive`]: The drive g, the escort weights (w with `"none"`, w / mean w with `"mean"`; 0 where unscorable)
         and where the exponent was capped.
     """
     if normalization not in ESCORT_NORMALIZATIONS:
@@ -166,39 +166,39 @@ def escort_drive(
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
     advantages = advantages.detach()
-    ok = ~torch.isnan(advantages)
-    if valid is not None:
-        ok = ok & valid.to(torch.bool)
-    exponent = torch.where(ok, advantages, torch.zeros_like(advantages))
+    scorable = _scorable_mask(advantages, scorable)
+    exponent = torch.where(scorable, advantages, torch.zeros_like(advantages))
     if temperature != 1.0:
         exponent = exponent / temperature
     if log_reference is not None:
-        exponent = exponent - _group_centred(log_reference.detach().to(advantages.dtype), ok, num_generations)
+        exponent = exponent - _group_centred(log_reference.detach().to(advantages.dtype), scorable, num_generations)
     exponent = (1.0 - alpha) * exponent
-    grouped_ok = ok.view(-1, num_generations)
-    n_ok = grouped_ok.sum(dim=1, keepdim=True).clamp(min=1)
+    grouped_scorable = scorable.view(-1, num_generations)
+    n_scorable = grouped_scorable.sum(dim=1, keepdim=True).clamp(min=1)
     if normalization == "mean":
         # w_i / mean_j w_j = exp(e_i - max e) / mean_j exp(e_j - max e): the largest term is 1, nothing overflows, and
         # equal exponents give exactly 1 (so g = 0) whatever their value.
-        grouped_e = torch.where(grouped_ok, exponent.view(-1, num_generations), -torch.inf)
+        grouped_e = torch.where(grouped_scorable, exponent.view(-1, num_generations), -torch.inf)
         top = grouped_e.max(dim=1, keepdim=True).values
         relative = torch.exp(grouped_e - torch.where(torch.isfinite(top), top, 0.0))
-        ratio = relative / (relative.sum(dim=1, keepdim=True) / n_ok).clamp(min=torch.finfo(relative.dtype).tiny)
-        drive = (ratio - 1.0) * grouped_ok
-        return EscortDrive(drive.reshape(advantages.shape), ratio.reshape(advantages.shape), torch.zeros_like(ok))
-    clipped = ok & (exponent > max_exponent)
-    weights = torch.exp(exponent.clamp(max=max_exponent)) * ok
+        ratio = relative / (relative.sum(dim=1, keepdim=True) / n_scorable).clamp(min=torch.finfo(relative.dtype).tiny)
+        drive = (ratio - 1.0) * grouped_scorable
+        return EscortDrive(
+            drive.reshape(advantages.shape), ratio.reshape(advantages.shape), torch.zeros_like(scorable)
+        )
+    clipped = scorable & (exponent > max_exponent)
+    weights = torch.exp(exponent.clamp(max=max_exponent)) * scorable
     grouped_w = weights.view(-1, num_generations)
-    mean_w = grouped_w.sum(dim=1, keepdim=True) / n_ok
-    drive = (grouped_w - mean_w) * grouped_ok
+    mean_w = grouped_w.sum(dim=1, keepdim=True) / n_scorable
+    drive = (grouped_w - mean_w) * grouped_scorable
     return EscortDrive(drive.reshape(advantages.shape), weights, clipped)
 
 
 class MixtureDrive(NamedTuple):
     """The softmax-mixture drive of a batch of groups, flat and detached."""
 
-    drive: torch.Tensor  # s * (n * w - 1), the per-sequence drive the loss uses; 0 where invalid
-    weights: torch.Tensor  # w = q^alpha p^(1 - alpha), normalised to sum 1 over each group's valid completions
+    drive: torch.Tensor  # s * (n * w - 1), the per-sequence drive the loss uses; 0 where unscorable
+    weights: torch.Tensor  # w = q^alpha p^(1 - alpha), normalised to sum 1 over each group's scorable completions
     clipped: torch.Tensor  # bool: |Delta| reached the log-ratio clip
     q_entropy: torch.Tensor  # (num_groups,) entropy of q, in nats
     p_entropy: torch.Tensor  # (num_groups,) entropy of p, in nats
@@ -213,7 +213,7 @@ def softmax_mixture_drive(
     ratio_temperature: float = 0.5,
     log_ratio_clip: float = 5.0,
     direction_scale: float | None = None,
-    valid: torch.Tensor | None = None,
+    scorable: torch.Tensor | None = None,
 ) -> MixtureDrive:
     """
     The drive of the authors' released OPO (verl, `adpo/core_algos.py`, `loss_variant: opo`), per prompt group:
@@ -232,8 +232,8 @@ def softmax_mixture_drive(
     even a tied group is driven towards them.
 
     Weights are formed in log space (log w = alpha log q + (1 - alpha) log p, then a softmax), which is their
-    `(q + 1e-10)^alpha (p + 1e-10)^(1 - alpha)` normalised, without the 1e-10. Invalid completions (`valid` false or a
-    `NaN` advantage) are left out of both softmaxes and get drive 0.
+    `(q + 1e-10)^alpha (p + 1e-10)^(1 - alpha)` normalised, without the 1e-10. Unscorable completions (`scorable`
+    false or a `NaN` advantage) are left out of both softmaxes and get drive 0.
 
     Args:
         advantages (`torch.Tensor`): Flat `(num_groups * num_generations,)` advantages.
@@ -244,7 +244,7 @@ def softmax_mixture_drive(
         ratio_temperature (`float`, *optional*, defaults to `0.5`): tau > 0.
         log_ratio_clip (`float`, *optional*, defaults to `5.0`): c > 0, the clamp of Delta inside p.
         direction_scale (`float` or `None`, *optional*): s; `None` is 1 / alpha.
-        valid (`torch.Tensor` or `None`, *optional*): Boolean mask of completions that carry a reward.
+        scorable (`torch.Tensor` or `None`, *optional*): Boolean mask of completions that carry a reward.
 
     Returns:
         [`MixtureDrive`].
@@ -253,37 +253,41 @@ def softmax_mixture_drive(
         raise ValueError("alpha must be > 0 when direction_scale is None (the direction scale is 1 / alpha).")
     scale = direction_scale if direction_scale is not None else 1.0 / alpha
     advantages, log_ratio = advantages.detach(), log_ratio.detach().to(advantages.dtype)
-    ok = ~torch.isnan(advantages)
-    if valid is not None:
-        ok = ok & valid.to(torch.bool)
-    grouped_ok = ok.view(-1, num_generations)
-    n_ok = grouped_ok.sum(dim=1, keepdim=True)
+    scorable = _scorable_mask(advantages, scorable)
+    grouped_scorable = scorable.view(-1, num_generations)
+    n_scorable = grouped_scorable.sum(dim=1, keepdim=True)
 
     def group_log_softmax(x):
-        x = torch.where(grouped_ok, x.view(-1, num_generations), -torch.inf)
+        x = torch.where(grouped_scorable, x.view(-1, num_generations), -torch.inf)
         out = torch.log_softmax(x, dim=1)
-        return torch.where(grouped_ok, out, -torch.inf)  # a group with no valid entry gives NaN; keep it -inf
+        return torch.where(grouped_scorable, out, -torch.inf)  # a group with no scorable entry gives NaN; keep it -inf
 
-    log_q = group_log_softmax(torch.where(ok, advantages, 0.0) / reward_temperature)
-    clipped = ok & (log_ratio.abs() >= log_ratio_clip)
+    log_q = group_log_softmax(torch.where(scorable, advantages, 0.0) / reward_temperature)
+    clipped = scorable & (log_ratio.abs() >= log_ratio_clip)
     log_p = group_log_softmax(log_ratio.clamp(-log_ratio_clip, log_ratio_clip) / ratio_temperature)
     log_w = group_log_softmax(
-        alpha * torch.where(grouped_ok, log_q, 0.0) + (1 - alpha) * torch.where(grouped_ok, log_p, 0.0)
+        alpha * torch.where(grouped_scorable, log_q, 0.0) + (1 - alpha) * torch.where(grouped_scorable, log_p, 0.0)
     )
-    w = torch.exp(log_w) * grouped_ok
-    drive = scale * (n_ok * w - 1.0) * grouped_ok
+    w = torch.exp(log_w) * grouped_scorable
+    drive = scale * (n_scorable * w - 1.0) * grouped_scorable
 
     def entropy(log_x):
-        return -(torch.exp(log_x) * torch.where(grouped_ok, log_x, 0.0)).sum(dim=1)
+        return -(torch.exp(log_x) * torch.where(grouped_scorable, log_x, 0.0)).sum(dim=1)
 
     return MixtureDrive(
         drive.reshape(advantages.shape), w.reshape(advantages.shape), clipped, entropy(log_q), entropy(log_p)
     )
 
 
-def _group_centred(values: torch.Tensor, ok: torch.Tensor, num_generations: int) -> torch.Tensor:
-    # values minus their group mean over the entries that are ok and not NaN; 0 elsewhere.
-    present = ok & ~torch.isnan(values)
+def _scorable_mask(advantages: torch.Tensor, scorable: torch.Tensor | None) -> torch.Tensor:
+    # The completions that carry a reward: those of `scorable` (all if None) whose advantage is not NaN.
+    mask = ~torch.isnan(advantages)
+    return mask if scorable is None else mask & scorable.to(torch.bool)
+
+
+def _group_centred(values: torch.Tensor, scorable: torch.Tensor, num_generations: int) -> torch.Tensor:
+    # values minus their group mean over the entries that are scorable and not NaN; 0 elsewhere.
+    present = scorable & ~torch.isnan(values)
     grouped, grouped_present = (
         torch.where(present, values, 0.0).view(-1, num_generations),
         present.view(-1, num_generations),
@@ -295,7 +299,7 @@ def _group_centred(values: torch.Tensor, ok: torch.Tensor, num_generations: int)
 def trust_region_mu(
     drive: torch.Tensor,
     target_chi2: float,
-    valid: torch.Tensor | None = None,
+    scorable: torch.Tensor | None = None,
     mu_min: float = 0.0,
     mu_max=float("inf"),
 ) -> torch.Tensor:
@@ -304,21 +308,21 @@ def trust_region_mu(
 
         mean(v*^2) = target_chi2   <=>   mu = sqrt(mean(g^2) / target_chi2)
 
-    over the valid completions of a rollout, clamped to `[mu_min, mu_max]`. With a fixed mu the size of the step moves
+    over the scorable completions of a rollout, clamped to `[mu_min, mu_max]`. With a fixed mu the size of the step moves
     with the reward scale, alpha and the group size; with this mu it does not.
 
     Args:
         drive (`torch.Tensor`): The escort drive g of the whole rollout (all processes).
         target_chi2 (`float`): The budget, > 0.
-        valid (`torch.Tensor` or `None`, *optional*): Boolean mask of the completions that carry a reward.
+        scorable (`torch.Tensor` or `None`, *optional*): Boolean mask of the completions that carry a reward.
         mu_min (`float`, *optional*, defaults to `0.0`): Lower clamp (a rollout without signal gives mu = mu_min).
         mu_max (`float`, *optional*, defaults to `inf`): Upper clamp.
 
     Returns:
         `torch.Tensor`: mu, a 0-dim tensor on the drive's device.
     """
-    ok = torch.ones_like(drive, dtype=torch.bool) if valid is None else valid.to(torch.bool)
-    mean_g2 = masked_mean(drive.detach().double().pow(2), ok)
+    scorable = torch.ones_like(drive, dtype=torch.bool) if scorable is None else scorable.to(torch.bool)
+    mean_g2 = masked_mean(drive.detach().double().pow(2), scorable)
     return torch.sqrt(mean_g2 / target_chi2).clamp(min=mu_min, max=mu_max).to(drive.dtype)
 
 

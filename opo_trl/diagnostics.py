@@ -13,41 +13,42 @@ def escort_statistics(
     escort: EscortDrive | MixtureDrive,
     num_generations: int,
     mu: float | torch.Tensor,
-    valid: torch.Tensor | None = None,
+    scorable: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """
     Diagnostics of one batch of escort drives (all processes): weight stats, |g|, half the range of g per group (the
     denominator of the paper's gradient-response efficiency), effective sample size, positivity violations,
     exponent-capped fraction (for the softmax mixture: the fraction of |Delta| at the clip), groups without signal,
-    given `valid` the unscorable fraction, and for the softmax mixture the mean entropy of q and p per group. One host
+    given `scorable` the unscorable fraction, and for the softmax mixture the mean entropy of q and p per group. One host
     sync.
     """
     drive, weights, clipped = escort.drive, escort.weights, escort.clipped
     # Not `weights > 0`: the weight of a very negative advantage underflows to 0 but is still a scored sample.
-    ok = torch.ones_like(weights, dtype=torch.bool) if valid is None else valid.to(torch.bool)
+    all_scorable = scorable is None
+    scorable = torch.ones_like(weights, dtype=torch.bool) if all_scorable else scorable.to(torch.bool)
     grouped_w = weights.view(-1, num_generations).double()
     sum_w, sum_w2 = grouped_w.sum(dim=1), grouped_w.pow(2).sum(dim=1)
-    n_group = ok.view(-1, num_generations).sum(dim=1)
+    n_group = scorable.view(-1, num_generations).sum(dim=1)
     has_data = (n_group > 0).double()
-    # Effective sample size of the escort weights, as a fraction of the valid completions of each group.
+    # Effective sample size of the escort weights, as a fraction of the scorable completions of each group.
     ess = sum_w.pow(2) / sum_w2.clamp(min=1e-300) / n_group.clamp(min=1)
-    grouped_g, grouped_ok = drive.view(-1, num_generations).double(), ok.view(-1, num_generations)
-    g_max = torch.where(grouped_ok, grouped_g, -torch.inf).max(dim=1).values
-    g_min = torch.where(grouped_ok, grouped_g, torch.inf).min(dim=1).values
+    grouped_g, grouped_scorable = drive.view(-1, num_generations).double(), scorable.view(-1, num_generations)
+    g_max = torch.where(grouped_scorable, grouped_g, -torch.inf).max(dim=1).values
+    g_min = torch.where(grouped_scorable, grouped_g, torch.inf).min(dim=1).values
     half_range = torch.where(n_group > 0, (g_max - g_min) / 2, 0.0)
     stats = {
-        "escort_weight/mean": masked_mean(weights.double(), ok),
+        "escort_weight/mean": masked_mean(weights.double(), scorable),
         "escort_weight/max": weights.double().max() if weights.numel() else torch.zeros((), dtype=torch.float64),
         "escort_weight/ess": masked_mean(ess, has_data),
-        "escort_weight/clipped_frac": masked_mean(clipped.double(), ok),
-        "drive/abs_mean": masked_mean(drive.double().abs(), ok),
+        "escort_weight/clipped_frac": masked_mean(clipped.double(), scorable),
+        "drive/abs_mean": masked_mean(drive.double().abs(), scorable),
         "drive/half_range": masked_mean(half_range, has_data),
         # The exact update 1 + g/mu stays a probability ratio only when g >= -mu.
-        "positivity_violations": masked_mean((drive < -mu).double(), ok),
+        "positivity_violations": masked_mean((drive < -mu).double(), scorable),
         "groups_without_signal": (drive.view(-1, num_generations) == 0).all(dim=1).double().mean(),
     }
-    if valid is not None:
-        stats["unscorable_frac"] = 1.0 - valid.double().mean()
+    if not all_scorable:
+        stats["unscorable_frac"] = 1.0 - scorable.double().mean()
     if isinstance(escort, MixtureDrive):
         stats["escort/q_entropy"] = masked_mean(escort.q_entropy.double(), has_data)
         stats["escort/p_entropy"] = masked_mean(escort.p_entropy.double(), has_data)

@@ -163,7 +163,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
                 advantages,
                 num_generations,
                 args.alpha,
-                valid=scorable,
+                scorable=scorable,
                 max_exponent=args.max_escort_exponent,
                 log_reference=log_reference,
                 temperature=args.escort_temperature,
@@ -173,7 +173,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             mu = torch.tensor(args.mu, device=advantages.device)
         else:
             mu = trust_region_mu(
-                escort.drive, args.mu_target_chi2, valid=scorable, mu_min=args.mu_min, mu_max=args.mu_max
+                escort.drive, args.mu_target_chi2, scorable=scorable, mu_min=args.mu_min, mu_max=args.mu_max
             )
         output["advantages"] = escort.drive[rows]
         # Per sequence, so that they follow each completion through TRL's shuffling and splitting into micro-batches.
@@ -191,7 +191,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         return output
 
     def _log_escort(self, mode, escort, num_generations, mu, scorable):
-        stats = escort_statistics(escort, num_generations, mu, valid=scorable)
+        stats = escort_statistics(escort, num_generations, mu, scorable=scorable)
         stats["mu"] = float(mu)
         for name, value in stats.items():
             self._metrics[mode][f"opo/{name}"].append(value)
@@ -207,7 +207,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             ratio_temperature=args.ratio_temperature,
             log_ratio_clip=args.log_ratio_clip,
             direction_scale=args.direction_scale,
-            valid=scorable,
+            scorable=scorable,
         )
 
     def _prepare_inputs(self, generation_batch):
