@@ -1,6 +1,5 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 import dataclasses
-import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -13,8 +12,12 @@ from .core import (
     LOG_RATIO_AGGREGATIONS,
     MAX_ESCORT_EXPONENT,
     MAX_ESCORT_EXPONENT_LIMIT,
+    POSITIVE,
     RATIO_FORMS,
     SCALE_REWARDS,
+    Allowed,
+    EscortForm,
+    one_of,
 )
 
 
@@ -225,7 +228,7 @@ class OPOConfig(GRPOConfig):
             "help": "'exp': the paper's exponential escort. 'softmax_mixture': the authors' released code, "
             "w ∝ q^alpha p^(1 - alpha) with q = softmax(A / reward_temperature) and p = softmax(clamped Delta / "
             "ratio_temperature) recomputed at every optimizer step of a reused rollout (alpha -> 1: pure q).",
-            "choices": list(ESCORT_FORMS),
+            "choices": ESCORT_FORMS.keys(),  # a live view: a form registered later is a choice too
         },
     )
     reward_temperature: float = field(
@@ -265,63 +268,38 @@ class OPOConfig(GRPOConfig):
         self.ignored_grpo_options = _report_ignored_grpo_fields(self)
 
 
+# OPOConfig's fields that every escort form reads, with the values they allow; each form's own are in its registration.
+SHARED_FIELDS = {
+    "alpha": Allowed(lambda value: isinstance(value, (int, float)) and 0.0 <= value < 1.0, "a float in [0, 1)"),
+    "mu": POSITIVE,
+    "log_ratio_aggregation": one_of(LOG_RATIO_AGGREGATIONS),
+    "mu_min": POSITIVE,
+    "mu_max": POSITIVE,
+    "scale_rewards": one_of(SCALE_REWARDS),
+}
+
+
 def _check_opo_fields(args: "OPOConfig") -> None:
     def fail(name, allowed):
         raise ValueError(f"OPOConfig: {name}={getattr(args, name)!r} is invalid; {name} must be {allowed}.")
 
-    if not (isinstance(args.alpha, (int, float)) and 0.0 <= args.alpha < 1.0):
-        fail("alpha", "a float in [0, 1)")
-    if not (isinstance(args.mu, (int, float)) and math.isfinite(args.mu) and args.mu > 0):
-        fail("mu", "a finite float > 0")
-    if args.log_ratio_aggregation not in LOG_RATIO_AGGREGATIONS:
-        fail("log_ratio_aggregation", f"one of {list(LOG_RATIO_AGGREGATIONS)}")
-    if args.ratio_form not in RATIO_FORMS:
-        fail("ratio_form", f"one of {list(RATIO_FORMS)}")
-    if not (isinstance(args.max_escort_exponent, (int, float)) and 0 < args.max_escort_exponent):
-        fail("max_escort_exponent", f"a float in (0, {MAX_ESCORT_EXPONENT_LIMIT:g}]")
-    if args.max_escort_exponent > MAX_ESCORT_EXPONENT_LIMIT:
-        fail(
-            "max_escort_exponent",
-            f"at most {MAX_ESCORT_EXPONENT_LIMIT:g}: an escort weight of e^40 makes float32 gradient norms overflow",
-        )
-    if args.escort_reference not in ESCORT_REFERENCES:
-        fail("escort_reference", f"one of {list(ESCORT_REFERENCES)}")
-    if args.mu_target_chi2 is not None and not (
-        isinstance(args.mu_target_chi2, (int, float))
-        and math.isfinite(args.mu_target_chi2)
-        and args.mu_target_chi2 > 0
-    ):
-        fail("mu_target_chi2", "None or a finite float > 0")
-    for name in ("mu_min", "mu_max"):
-        value = getattr(args, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            fail(name, "a finite float > 0")
+    def check(name, allowed):
+        if not allowed.test(getattr(args, name)):
+            fail(name, allowed.description)
+
+    for name, allowed in SHARED_FIELDS.items():
+        check(name, allowed)
     if args.mu_min > args.mu_max:
         fail("mu_min", f"at most mu_max={args.mu_max!r}")
-    if not (isinstance(args.escort_temperature, (int, float)) and math.isfinite(args.escort_temperature)):
-        fail("escort_temperature", "a finite float > 0")
-    if args.escort_temperature <= 0:
-        fail(
-            "escort_temperature",
-            "a finite float > 0 (it divides the advantages; 0 would be an infinitely sharp escort)",
-        )
-    if args.escort_normalization not in ESCORT_NORMALIZATIONS:
-        fail("escort_normalization", f"one of {list(ESCORT_NORMALIZATIONS)}")
-    if args.escort_form not in ESCORT_FORMS:
+    if not (isinstance(args.escort_form, str) and args.escort_form in ESCORT_FORMS):
         fail("escort_form", f"one of {list(ESCORT_FORMS)}")
-    for name in ("reward_temperature", "ratio_temperature", "log_ratio_clip"):
-        value = getattr(args, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            fail(name, "a finite float > 0")
-    if args.direction_scale is not None and not (
-        isinstance(args.direction_scale, (int, float))
-        and math.isfinite(args.direction_scale)
-        and args.direction_scale > 0
-    ):
-        fail("direction_scale", "None or a finite float > 0")
-    _check_escort_form_fields(args)
-    if args.scale_rewards not in SCALE_REWARDS:
-        fail("scale_rewards", f"one of {list(SCALE_REWARDS)}")
+    form = ESCORT_FORMS[args.escort_form]
+    for name, allowed in form.fields.items():
+        check(name, allowed)
+    _check_other_forms_fields(args, form)
+    problem = form.check(args) if form.check is not None else None
+    if problem is not None:
+        raise ValueError(f"OPOConfig: {problem}")
     defaults = _grpo_defaults()
     for name, why in REJECTED_GRPO_FIELDS:
         if getattr(args, name) != defaults[name]:
@@ -331,31 +309,16 @@ def _check_opo_fields(args: "OPOConfig") -> None:
             )
 
 
-# The fields that belong to one escort form; setting one away from its default under the other form is an error.
-EXP_ESCORT_FIELDS = (
-    "escort_temperature",
-    "escort_normalization",
-    "escort_reference",
-    "max_escort_exponent",
-    "mu_target_chi2",
-    "ratio_form",
-)
-SOFTMAX_MIXTURE_FIELDS = ("reward_temperature", "ratio_temperature", "log_ratio_clip", "direction_scale")
-
-
-def _check_escort_form_fields(args: "OPOConfig") -> None:
-    defaults = {f.name: f.default for f in dataclasses.fields(OPOConfig)}
-    other = SOFTMAX_MIXTURE_FIELDS if args.escort_form == "exp" else EXP_ESCORT_FIELDS
-    for name in other:
-        if getattr(args, name) != defaults[name]:
-            raise ValueError(
-                f"OPOConfig: {name}={getattr(args, name)!r} has no effect with escort_form={args.escort_form!r}; "
-                f"remove it or set escort_form={'softmax_mixture' if args.escort_form == 'exp' else 'exp'!r}."
-            )
-    if args.escort_form == "softmax_mixture" and args.alpha == 0 and args.direction_scale is None:
-        raise ValueError(
-            "OPOConfig: alpha=0 with escort_form='softmax_mixture' needs direction_scale: the default scale is 1 / alpha."
-        )
+def _check_other_forms_fields(args: "OPOConfig", form: EscortForm) -> None:
+    # A field that only other escort forms read has no effect: away from its default it is an error.
+    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+    for other in ESCORT_FORMS.values():
+        for name in other.fields.keys() - form.fields.keys():
+            if name in defaults and getattr(args, name) != defaults[name]:
+                raise ValueError(
+                    f"OPOConfig: {name}={getattr(args, name)!r} has no effect with escort_form={form.name!r}; "
+                    f"remove it or set escort_form={other.name!r}."
+                )
 
 
 def _report_ignored_grpo_fields(args: "OPOConfig") -> dict:

@@ -23,10 +23,17 @@ chosen per rollout so that that minimiser spends a chi-square budget ([`trust_re
 [`softmax_mixture_drive`] is the form of the authors' released code: w = q^alpha p^(1 - alpha) with q the softmax of the
 advantages and p the softmax of the current (clamped) log-ratios, so that a reused rollout is re-weighted at every
 optimizer step.
+
+Each way of computing the drive is an [`EscortForm`] in the registry [`ESCORT_FORMS`] (`"exp"` and `"softmax_mixture"`):
+it carries the config fields it owns, whether a reused rollout's drive is refreshed at each optimizer step, whether
+Delta is clipped in the quadratic, and its drive. `OPOConfig` and `OPOTrainer` ask the form; [`register_escort_form`]
+adds one.
 """
 
-from collections.abc import Callable
-from typing import NamedTuple
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
@@ -37,9 +44,6 @@ SCALE_REWARDS = ("none", "group", "batch")
 ESCORT_REFERENCES = ("none", "mean", "sum")
 # g = w - mean(w) (the paper's projection) or w / mean(w) - 1 (the self-normalised escort ratio).
 ESCORT_NORMALIZATIONS = ("none", "mean")
-# The paper's exponential escort family, or the authors' released softmax mixture (verl `loss_variant: opo`).
-ESCORT_FORMS = ("exp", "softmax_mixture")
-
 # Default cap on the escort exponent (1 - alpha) * A: exp(20) ~ 4.9e8 keeps w, g and g * Delta finite in float32.
 MAX_ESCORT_EXPONENT = 20.0
 # The largest cap allowed: a weight of e^40 makes float32 gradient norms overflow.
@@ -480,3 +484,158 @@ def opo_sequence_loss(
 def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The mean token entropy H over the unmasked tokens of a micro-batch, as TRL's entropy bonus `- coef * H` uses it."""
     return masked_mean(entropies, mask.to(entropies.dtype))
+
+
+# -- escort forms ------------------------------------------------------------------------------------------------------
+
+
+class Allowed(NamedTuple):
+    """The values a config field may take: a test, and the words an error message gives them."""
+
+    test: Callable[[Any], bool]
+    description: str
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+POSITIVE = Allowed(lambda value: _finite(value) and value > 0, "a finite float > 0")
+POSITIVE_OR_NONE = Allowed(lambda value: value is None or POSITIVE.test(value), "None or a finite float > 0")
+
+
+def one_of(choices) -> Allowed:
+    """The values of `choices`."""
+    return Allowed(lambda value: value in choices, f"one of {list(choices)}")
+
+
+class EscortBatch(NamedTuple):
+    """
+    What an escort form computes a drive from: one rollout, gathered from all processes, flat, the completions of a
+    prompt consecutive.
+    """
+
+    advantages: torch.Tensor  # TRL's advantages: rewards centred per group, optionally divided by a std
+    num_generations: int  # completions per prompt (G)
+    scorable: torch.Tensor  # bool: the completions at least one reward function scored
+    log_ratio: torch.Tensor | None  # the current Delta of each completion; None while the policy has not moved
+    # log pi_k(y) of each completion, summed ("sum") or averaged ("mean") over its tokens; computed when asked for, since
+    # it may cost a forward pass.
+    log_reference: Callable[[str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EscortForm:
+    """
+    One way of turning a rollout's advantages into OPO's drive, with all that [`OPOConfig`] and [`OPOTrainer`] need to
+    know about it. `OPOConfig(escort_form=name)` selects the form registered under `name` ([`register_escort_form`]).
+
+    Args:
+        name (`str`):
+            The value of `OPOConfig.escort_form` that selects the form.
+        drive (`Callable[[OPOConfig, EscortBatch], EscortDrive | MixtureDrive]`):
+            The drive of a rollout from the config and an [`EscortBatch`]: flat, detached, 0 where a completion is not
+            scorable. Its `weights` and `clipped` feed the logged statistics.
+        fields (`Mapping[str, Allowed]`, *optional*):
+            The `OPOConfig` fields the form reads and no form it shares the config with needs, each with the values it
+            allows. Under another form, setting one of them away from its default is an error.
+        refresh_each_step (`bool`, *optional*, defaults to `False`):
+            Whether the drive depends on the current policy (`EscortBatch.log_ratio`): then the trainer recomputes the
+            drive of a reused rollout at the first micro-batch of every optimizer step.
+        clip_quadratic (`bool`, *optional*, defaults to `False`):
+            Whether the quadratic acts on `clamp(Delta, -log_ratio_clip, log_ratio_clip)` rather than on Delta.
+        check (`Callable[[OPOConfig], str | None]`, *optional*):
+            A check across fields: what is wrong with the config, or `None`.
+    """
+
+    name: str
+    drive: Callable[[Any, EscortBatch], Any]
+    fields: Mapping[str, Allowed] = field(default_factory=dict)
+    refresh_each_step: bool = False
+    clip_quadratic: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+# Every escort form, by name: the choices of `OPOConfig.escort_form`.
+ESCORT_FORMS: dict[str, EscortForm] = {}
+
+
+def register_escort_form(form: EscortForm) -> EscortForm:
+    """Add `form` to [`ESCORT_FORMS`], so that `OPOConfig(escort_form=form.name)` selects it. Returns the form."""
+    if form.name in ESCORT_FORMS:
+        raise ValueError(f"An escort form named {form.name!r} is already registered.")
+    ESCORT_FORMS[form.name] = form
+    return form
+
+
+def _exp_drive(args, batch: EscortBatch) -> EscortDrive:
+    log_reference = None if args.escort_reference == "none" else batch.log_reference(args.escort_reference)
+    return escort_drive(
+        batch.advantages,
+        batch.num_generations,
+        args.alpha,
+        scorable=batch.scorable,
+        max_exponent=args.max_escort_exponent,
+        log_reference=log_reference,
+        temperature=args.escort_temperature,
+        normalization=args.escort_normalization,
+    )
+
+
+def _softmax_mixture_drive(args, batch: EscortBatch) -> MixtureDrive:
+    # Before the policy moves Delta = 0, and p is uniform.
+    log_ratio = torch.zeros_like(batch.advantages) if batch.log_ratio is None else batch.log_ratio
+    return softmax_mixture_drive(
+        batch.advantages,
+        log_ratio,
+        batch.num_generations,
+        args.alpha,
+        reward_temperature=args.reward_temperature,
+        ratio_temperature=args.ratio_temperature,
+        log_ratio_clip=args.log_ratio_clip,
+        direction_scale=args.direction_scale,
+        scorable=batch.scorable,
+    )
+
+
+def _softmax_mixture_check(args) -> str | None:
+    if args.alpha == 0 and args.direction_scale is None:
+        return "alpha=0 with escort_form='softmax_mixture' needs direction_scale: the default scale is 1 / alpha."
+    return None
+
+
+# The paper's exponential escort family ([`escort_drive`]).
+register_escort_form(
+    EscortForm(
+        "exp",
+        _exp_drive,
+        fields={
+            "escort_temperature": POSITIVE,
+            "escort_normalization": one_of(ESCORT_NORMALIZATIONS),
+            "escort_reference": one_of(ESCORT_REFERENCES),
+            "max_escort_exponent": Allowed(
+                lambda value: _finite(value) and 0 < value <= MAX_ESCORT_EXPONENT_LIMIT,
+                f"a float in (0, {MAX_ESCORT_EXPONENT_LIMIT:g}] (an escort weight of e^40 makes float32 gradient norms "
+                "overflow)",
+            ),
+            "mu_target_chi2": POSITIVE_OR_NONE,
+            "ratio_form": one_of(RATIO_FORMS),
+        },
+    )
+)
+# The authors' released softmax mixture (verl `loss_variant: opo`, [`softmax_mixture_drive`]).
+register_escort_form(
+    EscortForm(
+        "softmax_mixture",
+        _softmax_mixture_drive,
+        fields={
+            "reward_temperature": POSITIVE,
+            "ratio_temperature": POSITIVE,
+            "log_ratio_clip": POSITIVE,
+            "direction_scale": POSITIVE_OR_NONE,
+        },
+        refresh_each_step=True,
+        clip_quadratic=True,
+        check=_softmax_mixture_check,
+    )
+)

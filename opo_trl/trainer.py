@@ -10,14 +10,14 @@ from trl.trainer.utils import get_config_model_id
 
 from .config import OPOConfig
 from .core import (
+    ESCORT_FORMS,
+    EscortBatch,
     entropy_bonus,
-    escort_drive,
     masked_mean,
     opo_sequence_loss,
     sequence_importance_weight,
     sequence_log_prob,
     sequence_log_ratio,
-    softmax_mixture_drive,
     trust_region_mu,
 )
 from .diagnostics import escort_statistics, ratio_statistics, rollout_kl
@@ -147,28 +147,17 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         scorable = ~torch.isnan(self._opo_rewards_per_func).all(dim=1)
         rank, n_local = self.accelerator.process_index, local_advantages.size(0)
         rows = torch.arange(rank * n_local, (rank + 1) * n_local, device=local_advantages.device)
-        if args.escort_form == "softmax_mixture":
-            # The policy has not moved since generation: Delta = 0 and p is uniform. Later optimizer steps on this
-            # rollout recompute p from the current policy (`_refresh_mixture_drive`), so keep what q needs.
-            escort = self._mixture_drive(advantages, torch.zeros_like(advantages), scorable, num_generations)
+
+        def log_reference(aggregation):
+            local = sequence_log_prob(self._rollout_logps(output, mode), loss_mask(output), aggregation)
+            return self.accelerator.gather(local)
+
+        # The policy has not moved since generation: Delta = 0 (`log_ratio=None`). A form whose drive depends on Delta
+        # gets it recomputed at every later optimizer step on this rollout (`_refresh_drive`), from what is kept here.
+        escort = self._escort_form.drive(args, EscortBatch(advantages, num_generations, scorable, None, log_reference))
+        if self._escort_form.refresh_each_step:
             output["opo_advantage"] = local_advantages
             output["opo_scorable"] = scorable[rows]
-        else:
-            log_reference = None
-            if args.escort_reference != "none":
-                mask = loss_mask(output)
-                local = sequence_log_prob(self._rollout_logps(output, mode), mask, args.escort_reference)
-                log_reference = self.accelerator.gather(local)
-            escort = escort_drive(
-                advantages,
-                num_generations,
-                args.alpha,
-                scorable=scorable,
-                max_exponent=args.max_escort_exponent,
-                log_reference=log_reference,
-                temperature=args.escort_temperature,
-                normalization=args.escort_normalization,
-            )
         if args.mu_target_chi2 is None:
             mu = torch.tensor(args.mu, device=advantages.device)
         else:
@@ -196,63 +185,63 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         for name, value in stats.items():
             self._metrics[mode][f"opo/{name}"].append(value)
 
-    def _mixture_drive(self, advantages, log_ratio, scorable, num_generations):
-        args = self.args
-        return softmax_mixture_drive(
-            advantages,
-            log_ratio,
-            num_generations,
-            args.alpha,
-            reward_temperature=args.reward_temperature,
-            ratio_temperature=args.ratio_temperature,
-            log_ratio_clip=args.log_ratio_clip,
-            direction_scale=args.direction_scale,
-            scorable=scorable,
-        )
+    @property
+    def _escort_form(self):
+        return ESCORT_FORMS[self.args.escort_form]
 
     def _prepare_inputs(self, generation_batch):
         step, buffered = self._step, self._buffered_inputs
         inputs = super()._prepare_inputs(generation_batch)
-        # The softmax mixture's p depends on the current policy: at the first micro-batch of every optimizer step that
-        # reuses a rollout, recompute the drive of the whole rollout (a group's completions are spread over the
-        # rollout's micro-batches and over processes, so no micro-batch can do it alone).
+        # A drive that depends on the current policy (the softmax mixture's p): at the first micro-batch of every
+        # optimizer step that reuses a rollout, recompute the drive of the whole rollout (a group's completions are
+        # spread over the rollout's micro-batches and over processes, so no micro-batch can do it alone).
         if (
             self.model.training
-            and self.args.escort_form == "softmax_mixture"
+            and self._escort_form.refresh_each_step
             and self._buffered_inputs is buffered
             and step % self.args.gradient_accumulation_steps == 0
         ):
-            self._refresh_mixture_drive()
+            self._refresh_drive()
         return inputs
 
-    def _refresh_mixture_drive(self):
-        """Recompute the softmax-mixture drive of the buffered rollout from the policy's current log-ratios."""
-        chunks = self._buffered_inputs
+    def _refresh_drive(self):
+        """Recompute the drive of the buffered rollout from the policy's current log-ratios."""
+        args, chunks = self.args, self._buffered_inputs
         deltas = []
         for chunk in chunks:
             if chunk.get("old_per_token_logps") is None:
-                raise RuntimeError("escort_form='softmax_mixture' reuses a rollout without its old log-probs.")
-            logps = self._current_logps(chunk, self.args.per_device_train_batch_size)
-            mask = loss_mask(chunk)
+                raise RuntimeError(f"escort_form={args.escort_form!r} reuses a rollout without its old log-probs.")
+            logps = self._current_logps(chunk, args.per_device_train_batch_size)
             deltas.append(
-                sequence_log_ratio(logps, chunk["old_per_token_logps"], mask, self.args.log_ratio_aggregation)
+                sequence_log_ratio(logps, chunk["old_per_token_logps"], loss_mask(chunk), args.log_ratio_aggregation)
             )
-        local = torch.stack(
-            [
-                torch.cat([c["opo_row"].to(deltas[0].dtype) for c in chunks]),
-                torch.cat([c["opo_advantage"].to(deltas[0].dtype) for c in chunks]),
-                torch.cat([c["opo_scorable"].to(deltas[0].dtype) for c in chunks]),
-                torch.cat(deltas),
-            ],
-            dim=1,
+        advantages, scorable, delta = self._gather_rollout(
+            [c["opo_advantage"] for c in chunks], [c["opo_scorable"] for c in chunks], deltas
         )
-        rows, advantages, scorable, delta = self.accelerator.gather(local).unbind(1)
-        order = torch.argsort(rows)
-        advantages, scorable, delta = advantages[order], scorable[order].bool(), delta[order]
-        escort = self._mixture_drive(advantages, delta, scorable, self.num_generations)
+
+        def log_reference(aggregation):
+            (values,) = self._gather_rollout(
+                [sequence_log_prob(c["old_per_token_logps"], loss_mask(c), aggregation) for c in chunks]
+            )
+            return values
+
+        batch = EscortBatch(advantages, self.num_generations, scorable.bool(), delta, log_reference)
+        escort = self._escort_form.drive(args, batch)
         for chunk in chunks:
             chunk["advantages"] = escort.drive[chunk["opo_row"]].to(chunk["advantages"].dtype)
-        self._log_escort("train", escort, self.num_generations, self.args.mu, scorable)
+        mu = args.mu if args.mu_target_chi2 is None else chunks[0]["opo_mu"][0]
+        self._log_escort("train", escort, self.num_generations, mu, batch.scorable)
+
+    def _gather_rollout(self, *columns):
+        """
+        Per-completion values of the buffered rollout, one list of per-micro-batch tensors each, gathered from all
+        processes in the rollout's order (by `opo_row`), in the dtype of the last.
+        """
+        dtype = columns[-1][0].dtype
+        rows = torch.cat([c["opo_row"].to(dtype) for c in self._buffered_inputs])
+        local = torch.stack([rows, *(torch.cat([v.to(dtype) for v in column]) for column in columns)], dim=1)
+        gathered = self.accelerator.gather(local)
+        return gathered[torch.argsort(gathered[:, 0]), 1:].unbind(1)
 
     def _rollout_logps(self, output, mode):
         """Token log-probs of the completions under the rollout policy pi_k."""
@@ -317,7 +306,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             ref_per_token_logps=inputs.get("ref_per_token_logps"),
             beta=self.beta,
             kl_ratio_correction=self.args.use_bias_correction_kl,
-            log_ratio_clip=self.args.log_ratio_clip if self.args.escort_form == "softmax_mixture" else None,
+            log_ratio_clip=self.args.log_ratio_clip if self._escort_form.clip_quadratic else None,
         )
 
         mode = "train" if self.model.training else "eval"
