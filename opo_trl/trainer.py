@@ -34,13 +34,16 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
     same arguments, generation, rewards (reward functions, reward models or an environment's `get_reward`), PEFT,
     DeepSpeed and vLLM support. Two things change, and nothing else:
 
-    - the advantages become the alpha-escort drive `g = w - mean(w)`, `w = exp((1 - alpha) * (A - c))`, computed per
-      prompt group on the advantages of all processes and then sliced for this process
-      (`_generate_and_score_completions`);
+    - the loss is weighted by the escort drive instead of the advantages: by default the alpha-escort drive
+      `g = w - mean(w)`, `w = exp((1 - alpha) * (A - c))`, computed per prompt group on the advantages of all processes
+      and then sliced for this process (`_generate_and_score_completions`). Each batch carries it under `"opo_drive"`,
+      beside TRL's own `"advantages"`, the scorable mask (`"opo_scorable"`), the rollout's mu (`"opo_mu"`) and each
+      completion's row in the rollout (`"opo_row"`);
     - the clipped token loss becomes the per-sequence quadratic ratio loss `-g * Delta + (mu / 2) * Delta**2`
       (`_compute_loss`).
 
-    The math lives in `opo_trl.core`; this class only wires it into TRL. `train_dataset` and `eval_dataset` are
+    The math lives in `opo_trl.core`, the drive of each `escort_form` in its entry of `opo_trl.core.ESCORT_FORMS`; this
+    class only wires them into TRL. `train_dataset` and `eval_dataset` are
     checked with [`~validation.validate_dataset`] before the model loads.
 
     Example:
@@ -153,19 +156,19 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             return self.accelerator.gather(local)
 
         # The policy has not moved since generation: Delta = 0 (`log_ratio=None`). A form whose drive depends on Delta
-        # gets it recomputed at every later optimizer step on this rollout (`_refresh_drive`), from what is kept here.
+        # gets it recomputed at every later optimizer step on this rollout (`_refresh_drive`), from TRL's advantages
+        # and the scorable mask kept in the batch.
         escort = self._escort_form.drive(args, EscortBatch(advantages, num_generations, scorable, None, log_reference))
-        if self._escort_form.refresh_each_step:
-            output["opo_advantage"] = local_advantages
-            output["opo_scorable"] = scorable[rows]
         if args.mu_target_chi2 is None:
             mu = torch.tensor(args.mu, device=advantages.device)
         else:
             mu = trust_region_mu(
                 escort.drive, args.mu_target_chi2, scorable=scorable, mu_min=args.mu_min, mu_max=args.mu_max
             )
-        output["advantages"] = escort.drive[rows]
         # Per sequence, so that they follow each completion through TRL's shuffling and splitting into micro-batches.
+        # TRL's "advantages" stay what TRL computed; OPO's loss reads the drive.
+        output["opo_drive"] = escort.drive[rows]
+        output["opo_scorable"] = scorable[rows]
         output["opo_mu"] = mu.to(local_advantages.dtype).expand(n_local).clone()
         output["opo_row"] = rows
 
@@ -216,7 +219,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
                 sequence_log_ratio(logps, chunk["old_per_token_logps"], loss_mask(chunk), args.log_ratio_aggregation)
             )
         advantages, scorable, delta = self._gather_rollout(
-            [c["opo_advantage"] for c in chunks], [c["opo_scorable"] for c in chunks], deltas
+            [c["advantages"] for c in chunks], [c["opo_scorable"] for c in chunks], deltas
         )
 
         def log_reference(aggregation):
@@ -228,7 +231,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         batch = EscortBatch(advantages, self.num_generations, scorable.bool(), delta, log_reference)
         escort = self._escort_form.drive(args, batch)
         for chunk in chunks:
-            chunk["advantages"] = escort.drive[chunk["opo_row"]].to(chunk["advantages"].dtype)
+            chunk["opo_drive"] = escort.drive[chunk["opo_row"]].to(chunk["opo_drive"].dtype)
         mu = args.mu if args.mu_target_chi2 is None else chunks[0]["opo_mu"][0]
         self._log_escort("train", escort, self.num_generations, mu, batch.scorable)
 
@@ -242,6 +245,18 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         local = torch.stack([rows, *(torch.cat([v.to(dtype) for v in column]) for column in columns)], dim=1)
         gathered = self.accelerator.gather(local)
         return gathered[torch.argsort(gathered[:, 0]), 1:].unbind(1)
+
+    def _upgrade_buffered_inputs(self, buffered_inputs, saved_format):
+        buffered_inputs = super()._upgrade_buffered_inputs(buffered_inputs, saved_format)
+        if saved_format == 1:
+            # Format 1 held OPO's drive under "advantages", and TRL's advantages under "opo_advantage" for a form that
+            # refreshes its drive (for the others they were not kept).
+            for chunk in buffered_inputs:
+                if "opo_mu" in chunk and "opo_drive" not in chunk:
+                    chunk["opo_drive"] = chunk.pop("advantages")
+                    if "opo_advantage" in chunk:
+                        chunk["advantages"] = chunk.pop("opo_advantage")
+        return buffered_inputs
 
     def _rollout_logps(self, output, mode):
         """Token log-probs of the completions under the rollout policy pi_k."""
@@ -298,7 +313,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             per_token_logps,
             old_per_token_logps,
             mask,
-            inputs["advantages"],
+            inputs["opo_drive"],
             mu,
             aggregation=self.args.log_ratio_aggregation,
             ratio_form=self.args.ratio_form,
@@ -340,7 +355,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         if out.kl is not None:
             metrics["kl"].append(global_masked_mean(out.kl))
         # One value per sequence from every process: these are what the paper's claims are about.
-        drive = inputs["advantages"]
+        drive = inputs["opo_drive"]
         rows = inputs.get("opo_row", torch.full_like(drive, -1))
         per_sequence = torch.stack([out.delta.detach(), drive.detach(), mu.to(drive.dtype), rows.to(drive.dtype)], 1)
         delta, drive, mu, rows = self.accelerator.gather(per_sequence).unbind(1)

@@ -231,8 +231,8 @@ def test_trainer_drive_is_the_escort_of_its_rewards(
     output = trainer._generate_and_score_completions(group_batch(prompt_dataset, 2))
     advantages = group_advantages(trainer._opo_rewards_per_func[:, 0], 4).tolist()
     expected = exp_drive_by_hand(advantages, 0.4, temperature, normalization)
-    torch.testing.assert_close(output["advantages"], expected, rtol=1e-5, atol=1e-6)
-    assert output["advantages"].abs().sum() > 0
+    torch.testing.assert_close(output["opo_drive"], expected, rtol=1e-5, atol=1e-6)
+    assert output["opo_drive"].abs().sum() > 0
 
 
 def test_softmax_mixture_recomputes_the_drive_of_a_split_rollout_from_the_current_policy(
@@ -260,11 +260,11 @@ def test_softmax_mixture_recomputes_the_drive_of_a_split_rollout_from_the_curren
     chunks = list(trainer._buffered_inputs)
     assert [len(c["opo_row"]) for c in chunks] == [4, 4]
     rows = torch.cat([c["opo_row"] for c in chunks])
-    advantages = torch.cat([c["opo_advantage"] for c in chunks])[rows.argsort()]
+    advantages = torch.cat([c["advantages"] for c in chunks])[rows.argsort()]
     # The first step of the rollout: Delta = 0, p uniform.
     first = mixture_by_hand(advantages.tolist(), [0.0] * 8, alpha, beta_r, tau, 5.0)
     torch.testing.assert_close(
-        torch.cat([c["advantages"] for c in chunks])[rows.argsort()], first, atol=1e-5, rtol=1e-5
+        torch.cat([c["opo_drive"] for c in chunks])[rows.argsort()], first, atol=1e-5, rtol=1e-5
     )
 
     # An update moves the policy; the next optimizer step must see the new log-ratios of all 8 completions.
@@ -288,14 +288,14 @@ def test_softmax_mixture_recomputes_the_drive_of_a_split_rollout_from_the_curren
     second = trainer._prepare_inputs(batch)
     assert second is chunks[1]
     expected = mixture_by_hand(advantages.tolist(), deltas, alpha, beta_r, tau, clip)
-    refreshed = torch.cat([c["advantages"] for c in chunks])[rows.argsort()]
+    refreshed = torch.cat([c["opo_drive"] for c in chunks])[rows.argsort()]
     torch.testing.assert_close(refreshed, expected, atol=1e-4, rtol=1e-4)
     assert (refreshed - first).abs().max() > 1e-3
 
     # The loss of the micro-batch: -drive * Delta + mu / 2 * clamp(Delta)^2, averaged.
     loss = trainer._compute_loss(model, second).item()
     hand = 0.0
-    for row, g in zip(second["opo_row"].tolist(), second["advantages"].tolist(), strict=True):
+    for row, g in zip(second["opo_row"].tolist(), second["opo_drive"].tolist(), strict=True):
         d = deltas[row]
         hand += (-g * d + mu / 2 * max(-clip, min(clip, d)) ** 2) / 4
     assert loss == pytest.approx(hand, rel=1e-4, abs=1e-6)
