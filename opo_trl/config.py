@@ -7,7 +7,6 @@ from trl import GRPOConfig
 
 from .core import (
     ESCORT_FORMS,
-    ESCORT_NORMALIZATIONS,
     ESCORT_REFERENCES,
     LOG_RATIO_AGGREGATIONS,
     MAX_ESCORT_EXPONENT,
@@ -17,6 +16,7 @@ from .core import (
     SCALE_REWARDS,
     Allowed,
     EscortForm,
+    current_escort_normalization,
     one_of,
 )
 
@@ -122,9 +122,10 @@ class OPOConfig(GRPOConfig):
         escort_temperature (`float`, *optional*, defaults to `1.0`):
             Temperature T > 0 of the escort's target `P* ∝ exp(A / T)`: `w = exp((1 - alpha) * (A / T - c))`. Below 1
             the weighting is peak-seeking; at 1 with binary rewards the drive is nearly linear in A (GRPO-like).
-        escort_normalization (`str`, *optional*, defaults to `"none"`):
-            `"none"`: `g = w - mean_group(w)` (the paper's projection). `"mean"`: `g = w / mean_group(w) - 1`, the
-            self-normalised escort ratio: scale-free (in [-1, G - 1] whatever T), computed in log space (no cap).
+        escort_normalization (`str`, *optional*, defaults to `"subtract_mean"`):
+            `"subtract_mean"`: `g = w - mean_group(w)` (the paper's projection). `"divide_by_mean"`:
+            `g = w / mean_group(w) - 1`, the self-normalised escort ratio: scale-free (in [-1, G - 1] whatever T),
+            computed in log space (no cap). The former names `"none"` and `"mean"` still work, with a warning.
         escort_form (`str`, *optional*, defaults to `"exp"`):
             `"exp"`: the exponential escort above. `"softmax_mixture"`: the authors' released code (verl
             `loss_variant: opo`): `w ∝ q^alpha p^(1 - alpha)` per group with `q = softmax(A / reward_temperature)` and
@@ -215,11 +216,11 @@ class OPOConfig(GRPOConfig):
         },
     )
     escort_normalization: str = field(
-        default="none",
+        default="subtract_mean",
         metadata={
-            "help": "'none': g = w - mean_group(w) (the paper). 'mean': g = w / mean_group(w) - 1, the self-normalised "
-            "escort ratio (scale-free, no exponent cap needed).",
-            "choices": list(ESCORT_NORMALIZATIONS),
+            "help": "'subtract_mean': g = w - mean_group(w) (the paper). 'divide_by_mean': g = w / mean_group(w) - 1, "
+            "the self-normalised escort ratio (scale-free, no exponent cap needed). The former names 'none' and "
+            "'mean' still work, with a warning."
         },
     )
     escort_form: str = field(
@@ -264,6 +265,8 @@ class OPOConfig(GRPOConfig):
     def __post_init__(self):
         # GRPOConfig first: it normalises `scale_rewards` and checks `num_generations`, so OPO's checks see final values.
         super().__post_init__()
+        # Recipes written with the former names ('none', 'mean') keep working.
+        self.escort_normalization = current_escort_normalization(self.escort_normalization, stacklevel=4)
         _check_opo_fields(self)
         self.ignored_grpo_options = _report_ignored_grpo_fields(self)
 

@@ -31,6 +31,7 @@ adds one.
 """
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -43,7 +44,9 @@ SCALE_REWARDS = ("none", "group", "batch")
 # log pi_k(y) in the escort weight: none (pi_k uniform over the group), per-token mean, or sum (the paper).
 ESCORT_REFERENCES = ("none", "mean", "sum")
 # g = w - mean(w) (the paper's projection) or w / mean(w) - 1 (the self-normalised escort ratio).
-ESCORT_NORMALIZATIONS = ("none", "mean")
+ESCORT_NORMALIZATIONS = ("subtract_mean", "divide_by_mean")
+# The names these values had before, which recipes still use: each still works, with a FutureWarning.
+DEPRECATED_ESCORT_NORMALIZATIONS = {"none": "subtract_mean", "mean": "divide_by_mean"}
 # Default cap on the escort exponent (1 - alpha) * A: exp(20) ~ 4.9e8 keeps w, g and g * Delta finite in float32.
 MAX_ESCORT_EXPONENT = 20.0
 # The largest cap allowed: a weight of e^40 makes float32 gradient norms overflow.
@@ -111,7 +114,7 @@ def escort_drive(
     max_exponent: float = MAX_ESCORT_EXPONENT,
     log_reference: torch.Tensor | None = None,
     temperature: float = 1.0,
-    normalization: str = "none",
+    normalization: str = "subtract_mean",
 ) -> EscortDrive:
     """
     The alpha-escort drive g_i = w_i - mean_j w_j (or w_i / mean_j w_j - 1), per prompt group.
@@ -132,12 +135,13 @@ def escort_drive(
     ratios). It is what keeps the weights usable: log pi_k of a 30-token completion is tens of nats, and
     pi_k(y)^-(1 - alpha) alone would be around e^18.
 
-    `normalization="none"` subtracts the group mean of w: the orthogonal projection onto probability conservation, so
-    g sums to zero over the scorable completions of every group; the exponent is capped at `max_exponent`.
-    `normalization="mean"` divides by it instead, g_i = w_i / mean_j w_j - 1: a self-normalised estimate of the escort
-    ratio rho_alpha / pi_k minus 1, which has mean 0 under pi_k too. It is today's drive divided by the group's mean w,
-    so it is scale-free (g in [-1, n - 1] for n scorable completions whatever T or the reward scale) and is computed in log
-    space, so no exponent is capped. Either way a group whose exponents all tie gets g = 0 exactly.
+    `normalization="subtract_mean"` subtracts the group mean of w: the orthogonal projection onto probability
+    conservation, so g sums to zero over the scorable completions of every group; the exponent is capped at
+    `max_exponent`. `normalization="divide_by_mean"` divides by it instead, g_i = w_i / mean_j w_j - 1: a self-normalised
+    estimate of the escort ratio rho_alpha / pi_k minus 1, which has mean 0 under pi_k too. It is the
+    `"subtract_mean"` drive divided by the group's mean w, so it is scale-free (g in [-1, n - 1] for n scorable
+    completions whatever T or the reward scale) and is computed in log space, so no exponent is capped. Either way a
+    group whose exponents all tie gets g = 0 exactly.
 
     Unscorable completions (`scorable` false, or a `NaN` advantage) get g = 0 and are left out of the group mean; a group
     with no scorable completion contributes nothing.
@@ -152,19 +156,21 @@ def escort_drive(
         scorable (`torch.Tensor` or `None`, *optional*):
             Boolean mask of completions that carry a reward.
         max_exponent (`float`, *optional*, defaults to `MAX_ESCORT_EXPONENT`):
-            Upper bound on the exponent with `normalization="none"`, so that w never overflows to inf.
+            Upper bound on the exponent with `normalization="subtract_mean"`, so that w never overflows to inf.
         log_reference (`torch.Tensor` or `None`, *optional*):
             l_i = log pi_k(y_i) per completion (e.g. [`sequence_log_prob`] of the rollout policy's token log-probs),
             shape like `advantages`. `NaN` entries (no tokens) get c_i = 0 and stay out of the group mean of l.
         temperature (`float`, *optional*, defaults to `1.0`):
             Escort temperature T > 0 that divides the advantages.
-        normalization (`str`, *optional*, defaults to `"none"`):
-            `"none"` (g = w - mean w) or `"mean"` (g = w / mean w - 1).
+        normalization (`str`, *optional*, defaults to `"subtract_mean"`):
+            `"subtract_mean"` (g = w - mean w) or `"divide_by_mean"` (g = w / mean w - 1). The former names `"none"`
+            and `"mean"` still work, with a `FutureWarning`.
 
     Returns:
-        [`EscortDrive`]: The drive g, the escort weights (w with `"none"`, w / mean w with `"mean"`; 0 where unscorable)
-        and where the exponent was capped.
+        [`EscortDrive`]: The drive g, the escort weights (w with `"subtract_mean"`, w / mean w with `"divide_by_mean"`;
+        0 where unscorable) and where the exponent was capped.
     """
+    normalization = current_escort_normalization(normalization)
     if normalization not in ESCORT_NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {ESCORT_NORMALIZATIONS}, got {normalization!r}.")
     if not temperature > 0:
@@ -179,7 +185,7 @@ def escort_drive(
     exponent = (1.0 - alpha) * exponent
     grouped_scorable = scorable.view(-1, num_generations)
     n_scorable = grouped_scorable.sum(dim=1, keepdim=True).clamp(min=1)
-    if normalization == "mean":
+    if normalization == "divide_by_mean":
         # w_i / mean_j w_j = exp(e_i - max e) / mean_j exp(e_j - max e): the largest term is 1, nothing overflows, and
         # equal exponents give exactly 1 (so g = 0) whatever their value.
         grouped_e = torch.where(grouped_scorable, exponent.view(-1, num_generations), -torch.inf)
@@ -196,6 +202,23 @@ def escort_drive(
     mean_w = grouped_w.sum(dim=1, keepdim=True) / n_scorable
     drive = (grouped_w - mean_w) * grouped_scorable
     return EscortDrive(drive.reshape(advantages.shape), weights, clipped)
+
+
+def current_escort_normalization(value, stacklevel: int = 3):
+    """
+    `value` of `escort_normalization` under its current name: a former name (`"none"`, `"mean"`) is translated, with a
+    `FutureWarning`; any other value is returned as it is.
+    """
+    if isinstance(value, str) and value in DEPRECATED_ESCORT_NORMALIZATIONS:
+        current = DEPRECATED_ESCORT_NORMALIZATIONS[value]
+        warnings.warn(
+            f"escort_normalization={value!r} is deprecated and will be removed in a future release; use {current!r}, "
+            "which computes the same drive.",
+            FutureWarning,
+            stacklevel=stacklevel,
+        )
+        return current
+    return value
 
 
 class MixtureDrive(NamedTuple):

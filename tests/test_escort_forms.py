@@ -23,13 +23,13 @@ REWARDS = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
 ADVANTAGES = group_advantages(REWARDS, 4)
 
 
-def exp_drive_by_hand(advantages, alpha, temperature=1.0, normalization="none", group=4):
+def exp_drive_by_hand(advantages, alpha, temperature=1.0, normalization="subtract_mean", group=4):
     """w_i = exp((1 - alpha) A_i / T), then w - mean(w) or w / mean(w) - 1 per group, with Python floats."""
     drive = []
     for start in range(0, len(advantages), group):
         w = [math.exp((1 - alpha) * a / temperature) for a in advantages[start : start + group]]
         mean = sum(w) / len(w)
-        drive += [x - mean if normalization == "none" else x / mean - 1 for x in w]
+        drive += [x - mean if normalization == "subtract_mean" else x / mean - 1 for x in w]
     return torch.tensor(drive)
 
 
@@ -52,12 +52,12 @@ def mixture_by_hand(advantages, deltas, alpha, beta_r, tau, clip, scale=None, gr
 # -- core ------------------------------------------------------------------------------------------------------
 
 
-def test_temperature_one_and_no_normalization_is_the_previous_drive_bit_for_bit():
+def test_temperature_one_and_subtract_mean_is_the_plain_escort_drive_bit_for_bit():
     torch.manual_seed(0)
     advantages, log_pi = torch.randn(12), torch.randn(12) * 5
     for reference in (None, log_pi):
-        new = escort_drive(advantages, 4, 0.4, log_reference=reference, temperature=1.0, normalization="none")
-        # The previous implementation, written out: (1 - alpha) * (A - c), capped, exp, minus the group mean.
+        new = escort_drive(advantages, 4, 0.4, log_reference=reference, temperature=1.0, normalization="subtract_mean")
+        # The plain escort drive, written out: (1 - alpha) * (A - c), capped, exp, minus the group mean.
         exponent = advantages.clone()
         if reference is not None:
             centred = reference.view(3, 4) - reference.view(3, 4).sum(1, keepdim=True) / 4
@@ -78,33 +78,33 @@ def test_escort_temperature_by_hand_and_tied_group_gets_no_drive(temperature):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.3])
-def test_mean_normalization_is_todays_drive_over_the_group_mean_weight(temperature):
+def test_divide_by_mean_is_the_subtract_mean_drive_over_the_group_mean_weight(temperature):
     torch.manual_seed(1)
     advantages = torch.randn(12)
-    today = escort_drive(advantages, 4, 0.4, temperature=temperature)
-    mean_w = today.weights.view(3, 4).mean(1, keepdim=True).expand(3, 4).reshape(-1)
-    normalised = escort_drive(advantages, 4, 0.4, temperature=temperature, normalization="mean")
-    torch.testing.assert_close(normalised.drive, today.drive / mean_w)
+    subtracted = escort_drive(advantages, 4, 0.4, temperature=temperature)
+    mean_w = subtracted.weights.view(3, 4).mean(1, keepdim=True).expand(3, 4).reshape(-1)
+    divided = escort_drive(advantages, 4, 0.4, temperature=temperature, normalization="divide_by_mean")
+    torch.testing.assert_close(divided.drive, subtracted.drive / mean_w)
     torch.testing.assert_close(
-        escort_drive(ADVANTAGES, 4, 0.4, temperature=temperature, normalization="mean").drive,
-        exp_drive_by_hand(ADVANTAGES.tolist(), 0.4, temperature, "mean"),
+        escort_drive(ADVANTAGES, 4, 0.4, temperature=temperature, normalization="divide_by_mean").drive,
+        exp_drive_by_hand(ADVANTAGES.tolist(), 0.4, temperature, "divide_by_mean"),
     )
-    assert torch.equal(escort_drive(ADVANTAGES, 4, 0.4, normalization="mean").drive[4:], torch.zeros(4))
+    assert torch.equal(escort_drive(ADVANTAGES, 4, 0.4, normalization="divide_by_mean").drive[4:], torch.zeros(4))
 
 
-def test_mean_normalization_stays_finite_and_bounded_at_huge_exponents():
+def test_divide_by_mean_stays_finite_and_bounded_at_huge_exponents():
     advantages = torch.tensor([1e4, -1e4, 0.0, 0.0, 3e4, 3e4, 3e4, 3e4])
-    out = escort_drive(advantages, 4, 0.0, normalization="mean")
+    out = escort_drive(advantages, 4, 0.0, normalization="divide_by_mean")
     assert torch.isfinite(out.drive).all() and not out.clipped.any()
     # All the mass on the one winner: its ratio is G = 4, the others' 0. A tied group at 3e4 still gets exactly 0.
     torch.testing.assert_close(out.drive, torch.tensor([3.0, -1.0, -1.0, -1.0, 0.0, 0.0, 0.0, 0.0]))
     assert out.drive.view(2, 4).sum(1).abs().max() < 1e-6
 
 
-def test_mean_normalization_leaves_invalid_completions_out():
+def test_divide_by_mean_leaves_unscorable_completions_out():
     advantages = torch.tensor([0.5, float("nan"), -0.5, 0.0])
-    out = escort_drive(advantages, 4, 0.4, normalization="mean")
-    expected = exp_drive_by_hand([0.5, -0.5, 0.0], 0.4, normalization="mean", group=3)
+    out = escort_drive(advantages, 4, 0.4, normalization="divide_by_mean")
+    expected = exp_drive_by_hand([0.5, -0.5, 0.0], 0.4, normalization="divide_by_mean", group=3)
     torch.testing.assert_close(out.drive[[0, 2, 3]], expected)
     assert out.drive[1] == 0
 
@@ -114,6 +114,19 @@ def test_bad_temperature_or_normalization_is_an_error():
         escort_drive(ADVANTAGES, 4, 0.4, temperature=0.0)
     with pytest.raises(ValueError, match="normalization must be one of"):
         escort_drive(ADVANTAGES, 4, 0.4, normalization="sum")
+
+
+@pytest.mark.parametrize("former, current", [("none", "subtract_mean"), ("mean", "divide_by_mean")])
+def test_former_normalization_names_still_work_with_a_warning(tmp_path, former, current):
+    torch.manual_seed(2)
+    advantages = torch.randn(8)
+    with pytest.warns(FutureWarning, match=f"escort_normalization={former!r} is deprecated.*use {current!r}"):
+        old = escort_drive(advantages, 4, 0.4, normalization=former)
+    assert torch.equal(old.drive, escort_drive(advantages, 4, 0.4, normalization=current).drive)
+    # A recipe's value is translated once, when the config is built, and the trainer sees the current name.
+    with pytest.warns(FutureWarning, match=f"escort_normalization={former!r} is deprecated"):
+        args = OPOConfig(**cpu_config_kwargs(tmp_path, escort_normalization=former))
+    assert args.escort_normalization == current
 
 
 def test_softmax_mixture_at_zero_log_ratio_is_the_reward_softmax_only():
@@ -202,8 +215,8 @@ def test_bad_escort_settings_fail_at_construction_naming_the_field(tmp_path, ove
 
 
 def test_each_form_accepts_its_own_fields(tmp_path):
-    args = OPOConfig(**cpu_config_kwargs(tmp_path, escort_temperature=0.3, escort_normalization="mean"))
-    assert (args.escort_form, args.escort_temperature, args.escort_normalization) == ("exp", 0.3, "mean")
+    args = OPOConfig(**cpu_config_kwargs(tmp_path, escort_temperature=0.3, escort_normalization="divide_by_mean"))
+    assert (args.escort_form, args.escort_temperature, args.escort_normalization) == ("exp", 0.3, "divide_by_mean")
     args = OPOConfig(
         **cpu_config_kwargs(
             tmp_path, escort_form="softmax_mixture", alpha=0.0, direction_scale=1.33, reward_temperature=0.15
@@ -220,7 +233,9 @@ def group_batch(dataset, groups, generations=4):
     return [{"prompt": row["prompt"]} for row in dataset.select(range(groups)) for _ in range(generations)]
 
 
-@pytest.mark.parametrize("temperature, normalization", [(0.3, "none"), (0.3, "mean"), (1.0, "mean")])
+@pytest.mark.parametrize(
+    "temperature, normalization", [(0.3, "subtract_mean"), (0.3, "divide_by_mean"), (1.0, "divide_by_mean")]
+)
 def test_trainer_drive_is_the_escort_of_its_rewards(
     tmp_path, tiny_model_path, prompt_dataset, temperature, normalization
 ):
