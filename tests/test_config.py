@@ -41,6 +41,28 @@ def test_invalid_values_name_field_value_and_range(tmp_path, field, value, allow
     assert allowed.replace("\\", "") in str(err.value)
 
 
+def test_each_field_is_documented_from_its_help_alone():
+    import ast
+    import dataclasses
+    import inspect
+
+    from opo_trl import config
+
+    grpo = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    documented = [f for f in dataclasses.fields(OPOConfig) if f.name not in grpo or f.default != grpo[f.name]]
+    assert {"alpha", "escort_form", "direction_scale", "scale_rewards"} <= {f.name for f in documented}
+    # The docstring as written in the source documents no field: the help is the one home of each field's text.
+    (cls,) = [n for n in ast.parse(inspect.getsource(config)).body if getattr(n, "name", None) == "OPOConfig"]
+    written = ast.get_docstring(cls)
+    assert [f.name for f in documented if f"{f.name} (`" in written] == []
+    doc = " ".join(OPOConfig.__doc__.split())
+    for f in documented:
+        help_text = " ".join(f.metadata["help"].split())
+        default = f'"{f.default}"' if isinstance(f.default, str) else f.default
+        assert f"{f.name} (" in doc and f"defaults to `{default}`): {help_text}" in doc, f.name
+        assert "benchmark" not in help_text, f"{f.name}'s help quotes a result that will go stale"
+
+
 def test_grpo_configs_own_checks_run_before_opos(tmp_path):
     # One group of one completion has no centred drive: GRPOConfig's own check says so, and `scale_rewards=True` from
     # an old GRPO recipe is normalised by GRPOConfig before OPO validates it.
