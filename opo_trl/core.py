@@ -47,6 +47,7 @@ ESCORT_REFERENCES = ("none", "mean", "sum")
 ESCORT_NORMALIZATIONS = ("subtract_mean", "divide_by_mean")
 # The names these values had before, which recipes still use: each still works, with a FutureWarning.
 DEPRECATED_ESCORT_NORMALIZATIONS = {"none": "subtract_mean", "mean": "divide_by_mean"}
+
 # Default cap on the escort exponent (1 - alpha) * A: exp(20) ~ 4.9e8 keeps w, g and g * Delta finite in float32.
 MAX_ESCORT_EXPONENT = 20.0
 # The largest cap allowed: a weight of e^40 makes float32 gradient norms overflow.
@@ -66,7 +67,7 @@ def masked_mean(
 
     Args:
         values (`torch.Tensor`): The values; entries under a 0 of the mask count as `value * 0`.
-        mask (`torch.Tensor`): 0/1 (or boolean) mask, broadcastable to `values`.
+        mask (`torch.Tensor`): 0/1 (or boolean) mask, the shape of `values`.
         dim (`int` or `None`, *optional*): The dimension to average over; `None` averages everything.
         sum_processes (`Callable` or `None`, *optional*): A sum over processes (e.g. `accelerator.reduce(...,
             reduction="sum")`), applied to the stacked total and count of a `dim=None` mean: the mean over all processes.

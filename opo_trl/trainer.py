@@ -43,8 +43,8 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
       (`_compute_loss`).
 
     The math lives in `opo_trl.core`, the drive of each `escort_form` in its entry of `opo_trl.core.ESCORT_FORMS`; this
-    class only wires them into TRL. `train_dataset` and `eval_dataset` are
-    checked with [`~validation.validate_dataset`] before the model loads.
+    class only wires them into TRL, asking the form, never its name. `train_dataset` and `eval_dataset` are checked
+    with [`~validation.validate_dataset`] before the model loads.
 
     Example:
 
