@@ -54,7 +54,7 @@ VARIANTS = {
     # The escort family (OPO_SPEC, "What the benchmark found"): a peak-seeking temperature, the self-normalised ratio
     # at that temperature, and the authors' released softmax mixture with the values of their opo_qwen3_math.yaml.
     "opo-temp0.3": {"escort_temperature": 0.3},
-    "opo-selfnorm-temp0.3": {"escort_temperature": 0.3, "escort_normalization": "mean"},
+    "opo-selfnorm-temp0.3": {"escort_temperature": 0.3, "escort_normalization": "divide_by_mean"},
     "opo-softmax-mixture": {
         "escort_form": "softmax_mixture",
         "alpha": 0.75,

@@ -125,7 +125,8 @@ def build_trainer(variant: str, model, workdir: str, args, **overrides):
 
 def loss_inputs(trainer, args, variant: str) -> dict[str, torch.Tensor]:
     """A fixed generation batch: left-padded prompts, right-padded completions, per-variant advantages."""
-    from opo_trl.core import escort_drive, group_advantages
+    from opo_trl.core import escort_drive
+    from opo_trl.harness.testing import group_advantages
 
     g = torch.Generator().manual_seed(0)
     vocab, b, p, c = trainer.model.config.vocab_size, args.batch_size, args.prompt_length, args.completion_length
@@ -142,7 +143,7 @@ def loss_inputs(trainer, args, variant: str) -> dict[str, torch.Tensor]:
     else:
         advantages = group_advantages(rewards, args.num_generations, "group")
     return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-            "completion_mask": completion_mask, "advantages": advantages,
+            "completion_mask": completion_mask, "advantages": advantages, "opo_drive": advantages,
             "opo_mu": torch.ones_like(advantages),  # OPO's per-sequence mu (OPOConfig's default); GRPO ignores it
             "num_items_in_batch": completion_mask.sum()}  # fmt: skip
 

@@ -11,7 +11,7 @@ gradient clipping, no momentum) on that batch, through its trainer's real `_comp
   group-centred rewards (divided by the group std where `scale_rewards` is `"group"`). Once a token's ratio leaves the
   clip range on the side its advantage pushes, its gradient is exactly zero: the objective stops responding however
   far the ratio goes.
-- OPO: `opo_trl.OPOTrainer`, whose "advantages" are the escort drive `g = escort_drive(group_advantages(R))` of the
+- OPO: `opo_trl.OPOTrainer`, whose "opo_drive" is the escort drive `g = escort_drive(group_advantages(R))` of the
   same rewards. Its per-sequence gradient in Delta is `mu * Delta - g`: a restoring force linear in the deviation, so
   Delta is driven to the equilibrium `g / mu` and pulled back if it overshoots. Two values of `mu` show the stiffness.
 
@@ -137,7 +137,8 @@ def build_batch(tokenizer) -> dict[str, torch.Tensor]:
 def advantages_for(algorithm: str, rewards: torch.Tensor, num_generations: int, alpha: float) -> torch.Tensor:
     from trl import GRPOConfig
 
-    from opo_trl.core import escort_drive, group_advantages
+    from opo_trl.core import escort_drive
+    from opo_trl.harness.testing import group_advantages
 
     if algorithm.startswith("opo"):
         # OPOConfig's default scale_rewards="none": centre only, then the escort drive.
@@ -169,6 +170,7 @@ def probe(algorithm: str, model_path: str, workdir: str, batch, old_logps, rewar
     inputs = {**batch, "advantages": advantages, "old_per_token_logps": old_logps,
               "num_items_in_batch": mask.sum()}  # fmt: skip
     if algorithm.startswith("opo"):
+        inputs["opo_drive"] = advantages  # OPO's loss reads its drive here
         inputs["opo_mu"] = torch.full_like(advantages, trainer.args.mu)  # per sequence, as OPO's rollout sets it
 
     # Keep the current log-probs of the loss's own forward pass instead of paying for a second one.

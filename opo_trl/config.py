@@ -1,6 +1,8 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 import dataclasses
-import math
+import inspect
+import re
+import textwrap
 import warnings
 from dataclasses import dataclass, field
 
@@ -8,13 +10,17 @@ from trl import GRPOConfig
 
 from .core import (
     ESCORT_FORMS,
-    ESCORT_NORMALIZATIONS,
     ESCORT_REFERENCES,
     LOG_RATIO_AGGREGATIONS,
     MAX_ESCORT_EXPONENT,
     MAX_ESCORT_EXPONENT_LIMIT,
+    POSITIVE,
     RATIO_FORMS,
     SCALE_REWARDS,
+    Allowed,
+    EscortForm,
+    current_escort_normalization,
+    one_of,
 )
 
 
@@ -85,243 +91,213 @@ class OPOConfig(GRPOConfig):
     Every [`GRPOConfig`] argument is accepted, so GRPO, DAPO and GSPO recipes parse unchanged; the options that only
     shape GRPO's clipped loss (`loss_type`, `epsilon`, `epsilon_high`, `delta`, `importance_sampling_level`, ...) are
     reported once and not used. Not to be confused with verl's `adv_estimator: opo` (an optimal-baseline estimator).
-
-    Parameters:
-        alpha (`float`, *optional*, defaults to `0.4`):
-            Escort exponent in [0, 1): sample weights are `exp((1 - alpha) * A)`. Lower is more aggressive towards
-            high-advantage completions; alpha -> 1 gives no update.
-        mu (`float`, *optional*, defaults to `1.0`):
-            Stiffness of the chi-square trust region (> 0). The optimum of one step is `Delta = g / mu`. It only acts
-            when a rollout is reused for more than one optimizer step (`num_iterations > 1` or
-            `steps_per_generation > gradient_accumulation_steps`). Not to be confused with `num_iterations`, which
-            TRL's help calls μ.
-        log_ratio_aggregation (`str`, *optional*, defaults to `"mean"`):
-            How token log-ratios make the sequence log-ratio Delta: `"mean"` (per-token mean, as in the authors'
-            released code) or `"sum"` (the paper's formula).
-        ratio_form (`str`, *optional*, defaults to `"log"`):
-            `"log"`: the quadratic acts on Delta (the paper's surrogate, always a valid density). `"exact"`: on
-            `exp(Delta) - 1`.
-        escort_reference (`str`, *optional*, defaults to `"none"`):
-            The rollout policy's log-probability in the escort weight, `w = exp((1 - alpha) * (A - c))` with
-            `c = l - mean_group(l)`: `"none"` (`c = 0`, pi_k treated as uniform over the group), `"sum"` (the paper's
-            Algorithm 1: `l = log pi_k(y)`, summed over tokens) or `"mean"` (`l` = per-token mean of log pi_k). With a
-            reference, among completions of equal advantage the less likely ones get more drive.
-        mu_target_chi2 (`float` or `None`, *optional*, defaults to `None`):
-            If set, `mu` is chosen per rollout so that the closed-form step `v* = g / mu` spends exactly this
-            chi-square budget: `mu = sqrt(mean(g^2) / mu_target_chi2)`, clamped to `[mu_min, mu_max]`; `mu` is then
-            unused. `None` keeps `mu` fixed.
-        mu_min (`float`, *optional*, defaults to `0.1`):
-            Lower clamp of the chosen mu (with `mu_target_chi2`).
-        mu_max (`float`, *optional*, defaults to `100.0`):
-            Upper clamp of the chosen mu (with `mu_target_chi2`).
-        max_escort_exponent (`float`, *optional*, defaults to `20.0`):
-            Cap on the escort exponent, so that no reward scale overflows the weights; at most 30.
-        escort_temperature (`float`, *optional*, defaults to `1.0`):
-            Temperature T > 0 of the escort's target `P* ∝ exp(A / T)`: `w = exp((1 - alpha) * (A / T - c))`. Below 1
-            the weighting is peak-seeking; at 1 with binary rewards the drive is nearly linear in A (GRPO-like).
-        escort_normalization (`str`, *optional*, defaults to `"none"`):
-            `"none"`: `g = w - mean_group(w)` (the paper's projection). `"mean"`: `g = w / mean_group(w) - 1`, the
-            self-normalised escort ratio: scale-free (in [-1, G - 1] whatever T), computed in log space (no cap).
-        escort_form (`str`, *optional*, defaults to `"exp"`):
-            `"exp"`: the exponential escort above. `"softmax_mixture"`: the authors' released code (verl
-            `loss_variant: opo`): `w ∝ q^alpha p^(1 - alpha)` per group with `q = softmax(A / reward_temperature)` and
-            `p = softmax(clamp(Delta, ±log_ratio_clip) / ratio_temperature)` recomputed at every optimizer step of a
-            reused rollout, drive `direction_scale * (G * w - 1)`, quadratic on the clamped Delta. alpha's direction
-            is reversed there: alpha -> 1 is the pure reward softmax.
-        reward_temperature (`float`, *optional*, defaults to `0.3`):
-            `softmax_mixture` only: beta_r of `q = softmax(A / beta_r)`. The authors' code defaults to 0.3; their
-            configs use 0.15 (`opo_qwen3_math.yaml`) and 0.3 (`opo_megatron_qwen3_math_fp8.yaml`).
-        ratio_temperature (`float`, *optional*, defaults to `0.5`):
-            `softmax_mixture` only: tau of `p = softmax(clamp(Delta) / tau)`; 0.5 in the authors' code and configs
-            (which also turn on an adaptive tau, not implemented here).
-        log_ratio_clip (`float`, *optional*, defaults to `5.0`):
-            `softmax_mixture` only: Delta is clamped to [-c, c] inside p and the quadratic (the authors' 5.0).
-        direction_scale (`float` or `None`, *optional*, defaults to `None`):
-            `softmax_mixture` only: s in the drive `s * (G * w - 1)`; `None` is 1 / alpha (their
-            `opo_direction_scale`; their `opo_qwen3_math.yaml` sets 1.33).
-
-    > Parameters whose defaults differ from [`GRPOConfig`]
-
-        scale_rewards (`str`, *optional*, defaults to `"none"`):
-            OPO centres rewards per group only (the mean subtraction is the conservation-law projection). `"group"`
-            and `"batch"` also divide by a std, as in GRPO.
+    Each escort form ([`~core.ESCORT_FORMS`]) owns some of the fields below: setting one away from its default under
+    another form is an error.
     """
+
+    # Each field's `help` is the one home of its text: the "Parameters" section of this docstring is written from it
+    # (`_parameters_doc`).
 
     alpha: float = field(
         default=0.4,
         metadata={
-            "help": "Escort exponent in [0, 1): sample weights are exp((1 - alpha) * A). Lower is more aggressive "
-            "towards high-advantage completions; alpha -> 1 gives no update."
+            "help": "Escort exponent in [0, 1). With `escort_form='exp'` the sample weights are "
+            "`exp((1 - alpha) * A)`: lower is more aggressive towards high-advantage completions, and alpha -> 1 gives "
+            "no update. With `'softmax_mixture'` alpha is the weight of the reward softmax q in "
+            "`w ∝ q^alpha p^(1 - alpha)`, so its direction is reversed: alpha -> 1 is the pure reward softmax."
         },
     )
     mu: float = field(
         default=1.0,
         metadata={
-            "help": "Stiffness of OPO's chi-square trust region (> 0); one step's optimum is Delta = g / mu. Acts only "
-            "when a rollout is reused for several optimizer steps (num_iterations > 1 or steps_per_generation > "
-            "gradient_accumulation_steps). Not the same as num_iterations."
+            "help": "Stiffness of the chi-square trust region (> 0); the optimum of one step is `Delta = g / mu`. It "
+            "only acts when a rollout is reused for more than one optimizer step (`num_iterations > 1` or "
+            "`steps_per_generation > gradient_accumulation_steps`). Not to be confused with `num_iterations`, which "
+            "TRL's help calls μ."
         },
     )
     log_ratio_aggregation: str = field(
         default="mean",
         metadata={
-            "help": "How token log-ratios make the sequence log-ratio Delta: 'mean' (per-token mean, the authors' "
-            "code) or 'sum' (the paper's formula).",
+            "help": "How token log-ratios make the sequence log-ratio Delta: `'mean'` (per-token mean, as in the "
+            "authors' released code) or `'sum'` (the paper's formula).",
             "choices": list(LOG_RATIO_AGGREGATIONS),
         },
     )
     ratio_form: str = field(
         default="log",
         metadata={
-            "help": "'log': the quadratic acts on Delta (the paper's surrogate). 'exact': on exp(Delta) - 1.",
+            "help": "`escort_form='exp'` only. `'log'`: the quadratic acts on Delta (the paper's surrogate, always a "
+            "valid density). `'exact'`: on `exp(Delta) - 1`.",
             "choices": list(RATIO_FORMS),
         },
     )
     escort_reference: str = field(
         default="none",
         metadata={
-            "help": "The rollout policy's log-probability in the escort weight: 'none' (pi_k uniform over the group), "
-            "'sum' (the paper: log pi_k(y) summed over tokens) or 'mean' (its per-token mean); centred per group. "
-            "With 'sum' or 'mean', groups whose rewards all tie still get a drive (towards completions pi_k found "
-            "unlikely); both collapsed in the project's benchmark on chain_sum (held-out accuracy 0.00-0.01 against "
-            "0.34 for 'none').",
+            "help": "`escort_form='exp'` only. The rollout policy's log-probability in the escort weight, "
+            "`w = exp((1 - alpha) * (A - c))` with `c = l - mean_group(l)`: `'none'` (`c = 0`, pi_k treated as "
+            "uniform over the group), `'sum'` (the paper's Algorithm 1: `l = log pi_k(y)`, summed over tokens) or "
+            "`'mean'` (`l` = per-token mean of log pi_k). With a reference, among completions of equal advantage the "
+            "less likely ones get more drive, and a group whose rewards all tie is still driven, towards the "
+            "completions pi_k found unlikely.",
             "choices": list(ESCORT_REFERENCES),
         },
     )
     mu_target_chi2: float | None = field(
         default=None,
         metadata={
-            "help": "If set, choose mu per rollout so that the closed-form step g / mu spends this chi-square budget: "
-            "mu = sqrt(mean(g^2) / mu_target_chi2), clamped to [mu_min, mu_max]. None: fixed mu."
+            "help": "`escort_form='exp'` only. If set, `mu` is chosen per rollout so that the closed-form step "
+            "`v* = g / mu` spends exactly this chi-square budget: `mu = sqrt(mean(g^2) / mu_target_chi2)`, clamped to "
+            "`[mu_min, mu_max]`; `mu` is then unused. `None` keeps `mu` fixed."
         },
     )
-    mu_min: float = field(default=0.1, metadata={"help": "Lower clamp of the mu chosen with mu_target_chi2."})
-    mu_max: float = field(default=100.0, metadata={"help": "Upper clamp of the mu chosen with mu_target_chi2."})
+    mu_min: float = field(default=0.1, metadata={"help": "Lower clamp of the mu chosen with `mu_target_chi2`."})
+    mu_max: float = field(default=100.0, metadata={"help": "Upper clamp of the mu chosen with `mu_target_chi2`."})
     max_escort_exponent: float = field(
         default=MAX_ESCORT_EXPONENT,
         metadata={
-            "help": f"Cap on the escort exponent, so that no reward scale overflows the weights (at most "
-            f"{MAX_ESCORT_EXPONENT_LIMIT:g})."
+            "help": "`escort_form='exp'` only. Cap on the escort exponent, so that no reward scale overflows the "
+            f"weights; at most {MAX_ESCORT_EXPONENT_LIMIT:g}."
         },
     )
     escort_temperature: float = field(
         default=1.0,
         metadata={
-            "help": "Escort temperature T > 0: w = exp((1 - alpha) * (A / T - c)). Below 1 the weighting is "
-            "peak-seeking; at 1 with binary rewards the drive is nearly linear in A."
+            "help": "`escort_form='exp'` only. Temperature T > 0 of the escort's target `P* ∝ exp(A / T)`: "
+            "`w = exp((1 - alpha) * (A / T - c))`. Below 1 the weighting is peak-seeking; at 1 with binary rewards the "
+            "drive is nearly linear in A (GRPO-like)."
         },
     )
     escort_normalization: str = field(
-        default="none",
+        default="subtract_mean",
         metadata={
-            "help": "'none': g = w - mean_group(w) (the paper). 'mean': g = w / mean_group(w) - 1, the self-normalised "
-            "escort ratio (scale-free, no exponent cap needed).",
-            "choices": list(ESCORT_NORMALIZATIONS),
+            "help": "`escort_form='exp'` only. `'subtract_mean'`: `g = w - mean_group(w)` (the paper's projection). "
+            "`'divide_by_mean'`: `g = w / mean_group(w) - 1`, the self-normalised escort ratio: scale-free (in "
+            "`[-1, G - 1]` whatever T), computed in log space (no cap). The former names `'none'` and `'mean'` still "
+            "work, with a warning."
         },
     )
     escort_form: str = field(
         default="exp",
         metadata={
-            "help": "'exp': the paper's exponential escort. 'softmax_mixture': the authors' released code, "
-            "w ∝ q^alpha p^(1 - alpha) with q = softmax(A / reward_temperature) and p = softmax(clamped Delta / "
-            "ratio_temperature) recomputed at every optimizer step of a reused rollout (alpha -> 1: pure q).",
-            "choices": list(ESCORT_FORMS),
+            "help": "The registered escort form that computes the drive (`opo_trl.core.ESCORT_FORMS`). `'exp'`: the "
+            "paper's exponential escort. `'softmax_mixture'`: the authors' released code (verl `loss_variant: opo`): "
+            "`w ∝ q^alpha p^(1 - alpha)` per group with `q = softmax(A / reward_temperature)` and "
+            "`p = softmax(clamp(Delta, ±log_ratio_clip) / ratio_temperature)` recomputed at every optimizer step of a "
+            "reused rollout, drive `direction_scale * (G * w - 1)`, quadratic on the clamped Delta.",
+            "choices": ESCORT_FORMS.keys(),  # a live view: a form registered later is a choice too
         },
     )
     reward_temperature: float = field(
         default=0.3,
         metadata={
-            "help": "softmax_mixture: beta_r of q = softmax(A / beta_r). The authors' code default is 0.3; their "
-            "configs use 0.15 and 0.3."
+            "help": "`escort_form='softmax_mixture'` only. beta_r of `q = softmax(A / beta_r)`. The authors' code "
+            "defaults to 0.3; their configs use 0.15 (`opo_qwen3_math.yaml`) and 0.3 "
+            "(`opo_megatron_qwen3_math_fp8.yaml`)."
         },
     )
     ratio_temperature: float = field(
         default=0.5,
-        metadata={"help": "softmax_mixture: tau of p = softmax(clamp(Delta) / tau); 0.5 in the authors' code."},
+        metadata={
+            "help": "`escort_form='softmax_mixture'` only. tau of `p = softmax(clamp(Delta) / tau)`; 0.5 in the "
+            "authors' code and configs (which also turn on an adaptive tau, not implemented here)."
+        },
     )
     log_ratio_clip: float = field(
         default=5.0,
-        metadata={"help": "softmax_mixture: Delta is clamped to [-c, c] inside p and the quadratic (authors: 5.0)."},
+        metadata={
+            "help": "`escort_form='softmax_mixture'` only. Delta is clamped to [-c, c] inside p and the quadratic "
+            "(the authors' 5.0)."
+        },
     )
     direction_scale: float | None = field(
         default=None,
         metadata={
-            "help": "softmax_mixture: s in the drive s * (G * w - 1); None is 1 / alpha (the authors' "
-            "opo_direction_scale; their opo_qwen3_math.yaml sets 1.33)."
+            "help": "`escort_form='softmax_mixture'` only. s in the drive `s * (G * w - 1)`; `None` is 1 / alpha "
+            "(the authors' `opo_direction_scale`; their `opo_qwen3_math.yaml` sets 1.33)."
         },
     )
     scale_rewards: str = field(
         default="none",
         metadata={
-            "help": "Reward scaling after group centring: 'none' (OPO's default: centre only), 'group' (divide by the "
-            "group std) or 'batch' (divide by the batch std)."
+            "help": "Reward scaling after group centring: `'none'` (OPO centres rewards per group only: the mean "
+            "subtraction is the conservation-law projection), `'group'` (divide by the group std, as in GRPO) or "
+            "`'batch'` (divide by the batch std)."
         },
     )
 
     def __post_init__(self):
         # GRPOConfig first: it normalises `scale_rewards` and checks `num_generations`, so OPO's checks see final values.
         super().__post_init__()
+        # Recipes written with the former names ('none', 'mean') keep working.
+        self.escort_normalization = current_escort_normalization(self.escort_normalization, stacklevel=4)
         _check_opo_fields(self)
         self.ignored_grpo_options = _report_ignored_grpo_fields(self)
+
+
+# OPOConfig's fields that every escort form reads, with the values they allow; each form's own are in its registration.
+SHARED_FIELDS = {
+    "alpha": Allowed(lambda value: isinstance(value, (int, float)) and 0.0 <= value < 1.0, "a float in [0, 1)"),
+    "mu": POSITIVE,
+    "log_ratio_aggregation": one_of(LOG_RATIO_AGGREGATIONS),
+    "mu_min": POSITIVE,
+    "mu_max": POSITIVE,
+    "scale_rewards": one_of(SCALE_REWARDS),
+}
+
+
+def _parameters_doc(cls) -> str:
+    """The "Parameters" section of `cls`'s docstring, in TRL's style, from the `help` of the fields it adds or changes."""
+
+    def type_name(tp):
+        names = [a.__name__ if a is not type(None) else "None" for a in getattr(tp, "__args__", (tp,))]
+        return " or ".join(f"`{name}`" for name in names)
+
+    def entry(f):
+        default = f'"{f.default}"' if isinstance(f.default, str) else f.default
+        # No line break inside a `code span`: its spaces are protected while the text is filled.
+        text = re.sub(r"`[^`]*`", lambda m: m.group().replace(" ", "\0"), f.metadata["help"])
+        text = textwrap.fill(
+            text, width=116, initial_indent=" " * 8, subsequent_indent=" " * 8, break_on_hyphens=False
+        )
+        return (
+            f"    {f.name} ({type_name(f.type)}, *optional*, defaults to `{default}`):\n{text.replace(chr(0), ' ')}\n"
+        )
+
+    grpo = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+    own = [f for f in dataclasses.fields(cls) if f.name not in grpo]
+    changed = [f for f in dataclasses.fields(cls) if f.name in grpo and f.default != grpo[f.name].default]
+    return "".join(
+        ["Parameters:\n", *map(entry, own), "\n> Parameters whose defaults differ from [`GRPOConfig`]\n\n"]
+        + [*map(entry, changed)]
+    )
+
+
+OPOConfig.__doc__ = inspect.cleandoc(OPOConfig.__doc__) + "\n\n" + _parameters_doc(OPOConfig)
 
 
 def _check_opo_fields(args: "OPOConfig") -> None:
     def fail(name, allowed):
         raise ValueError(f"OPOConfig: {name}={getattr(args, name)!r} is invalid; {name} must be {allowed}.")
 
-    if not (isinstance(args.alpha, (int, float)) and 0.0 <= args.alpha < 1.0):
-        fail("alpha", "a float in [0, 1)")
-    if not (isinstance(args.mu, (int, float)) and math.isfinite(args.mu) and args.mu > 0):
-        fail("mu", "a finite float > 0")
-    if args.log_ratio_aggregation not in LOG_RATIO_AGGREGATIONS:
-        fail("log_ratio_aggregation", f"one of {list(LOG_RATIO_AGGREGATIONS)}")
-    if args.ratio_form not in RATIO_FORMS:
-        fail("ratio_form", f"one of {list(RATIO_FORMS)}")
-    if not (isinstance(args.max_escort_exponent, (int, float)) and 0 < args.max_escort_exponent):
-        fail("max_escort_exponent", f"a float in (0, {MAX_ESCORT_EXPONENT_LIMIT:g}]")
-    if args.max_escort_exponent > MAX_ESCORT_EXPONENT_LIMIT:
-        fail(
-            "max_escort_exponent",
-            f"at most {MAX_ESCORT_EXPONENT_LIMIT:g}: an escort weight of e^40 makes float32 gradient norms overflow",
-        )
-    if args.escort_reference not in ESCORT_REFERENCES:
-        fail("escort_reference", f"one of {list(ESCORT_REFERENCES)}")
-    if args.mu_target_chi2 is not None and not (
-        isinstance(args.mu_target_chi2, (int, float))
-        and math.isfinite(args.mu_target_chi2)
-        and args.mu_target_chi2 > 0
-    ):
-        fail("mu_target_chi2", "None or a finite float > 0")
-    for name in ("mu_min", "mu_max"):
-        value = getattr(args, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            fail(name, "a finite float > 0")
+    def check(name, allowed):
+        if not allowed.test(getattr(args, name)):
+            fail(name, allowed.description)
+
+    for name, allowed in SHARED_FIELDS.items():
+        check(name, allowed)
     if args.mu_min > args.mu_max:
         fail("mu_min", f"at most mu_max={args.mu_max!r}")
-    if not (isinstance(args.escort_temperature, (int, float)) and math.isfinite(args.escort_temperature)):
-        fail("escort_temperature", "a finite float > 0")
-    if args.escort_temperature <= 0:
-        fail(
-            "escort_temperature",
-            "a finite float > 0 (it divides the advantages; 0 would be an infinitely sharp escort)",
-        )
-    if args.escort_normalization not in ESCORT_NORMALIZATIONS:
-        fail("escort_normalization", f"one of {list(ESCORT_NORMALIZATIONS)}")
-    if args.escort_form not in ESCORT_FORMS:
+    if not (isinstance(args.escort_form, str) and args.escort_form in ESCORT_FORMS):
         fail("escort_form", f"one of {list(ESCORT_FORMS)}")
-    for name in ("reward_temperature", "ratio_temperature", "log_ratio_clip"):
-        value = getattr(args, name)
-        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-            fail(name, "a finite float > 0")
-    if args.direction_scale is not None and not (
-        isinstance(args.direction_scale, (int, float))
-        and math.isfinite(args.direction_scale)
-        and args.direction_scale > 0
-    ):
-        fail("direction_scale", "None or a finite float > 0")
-    _check_escort_form_fields(args)
-    if args.scale_rewards not in SCALE_REWARDS:
-        fail("scale_rewards", f"one of {list(SCALE_REWARDS)}")
+    form = ESCORT_FORMS[args.escort_form]
+    for name, allowed in form.fields.items():
+        check(name, allowed)
+    _check_other_forms_fields(args, form)
+    problem = form.check(args) if form.check is not None else None
+    if problem is not None:
+        raise ValueError(f"OPOConfig: {problem}")
     defaults = _grpo_defaults()
     for name, why in REJECTED_GRPO_FIELDS:
         if getattr(args, name) != defaults[name]:
@@ -331,31 +307,16 @@ def _check_opo_fields(args: "OPOConfig") -> None:
             )
 
 
-# The fields that belong to one escort form; setting one away from its default under the other form is an error.
-EXP_ESCORT_FIELDS = (
-    "escort_temperature",
-    "escort_normalization",
-    "escort_reference",
-    "max_escort_exponent",
-    "mu_target_chi2",
-    "ratio_form",
-)
-SOFTMAX_MIXTURE_FIELDS = ("reward_temperature", "ratio_temperature", "log_ratio_clip", "direction_scale")
-
-
-def _check_escort_form_fields(args: "OPOConfig") -> None:
-    defaults = {f.name: f.default for f in dataclasses.fields(OPOConfig)}
-    other = SOFTMAX_MIXTURE_FIELDS if args.escort_form == "exp" else EXP_ESCORT_FIELDS
-    for name in other:
-        if getattr(args, name) != defaults[name]:
-            raise ValueError(
-                f"OPOConfig: {name}={getattr(args, name)!r} has no effect with escort_form={args.escort_form!r}; "
-                f"remove it or set escort_form={'softmax_mixture' if args.escort_form == 'exp' else 'exp'!r}."
-            )
-    if args.escort_form == "softmax_mixture" and args.alpha == 0 and args.direction_scale is None:
-        raise ValueError(
-            "OPOConfig: alpha=0 with escort_form='softmax_mixture' needs direction_scale: the default scale is 1 / alpha."
-        )
+def _check_other_forms_fields(args: "OPOConfig", form: EscortForm) -> None:
+    # A field that only other escort forms read has no effect: away from its default it is an error.
+    defaults = {f.name: f.default for f in dataclasses.fields(args)}
+    for other in ESCORT_FORMS.values():
+        for name in other.fields.keys() - form.fields.keys():
+            if name in defaults and getattr(args, name) != defaults[name]:
+                raise ValueError(
+                    f"OPOConfig: {name}={getattr(args, name)!r} has no effect with escort_form={form.name!r}; "
+                    f"remove it or set escort_form={other.name!r}."
+                )
 
 
 def _report_ignored_grpo_fields(args: "OPOConfig") -> dict:

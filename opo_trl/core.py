@@ -23,10 +23,18 @@ chosen per rollout so that that minimiser spends a chi-square budget ([`trust_re
 [`softmax_mixture_drive`] is the form of the authors' released code: w = q^alpha p^(1 - alpha) with q the softmax of the
 advantages and p the softmax of the current (clamped) log-ratios, so that a reused rollout is re-weighted at every
 optimizer step.
+
+Each way of computing the drive is an [`EscortForm`] in the registry [`ESCORT_FORMS`] (`"exp"` and `"softmax_mixture"`):
+it carries the config fields it owns, whether a reused rollout's drive is refreshed at each optimizer step, whether
+Delta is clipped in the quadratic, and its drive. `OPOConfig` and `OPOTrainer` ask the form; [`register_escort_form`]
+adds one.
 """
 
-from collections.abc import Callable
-from typing import NamedTuple
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import torch
 
@@ -36,9 +44,9 @@ SCALE_REWARDS = ("none", "group", "batch")
 # log pi_k(y) in the escort weight: none (pi_k uniform over the group), per-token mean, or sum (the paper).
 ESCORT_REFERENCES = ("none", "mean", "sum")
 # g = w - mean(w) (the paper's projection) or w / mean(w) - 1 (the self-normalised escort ratio).
-ESCORT_NORMALIZATIONS = ("none", "mean")
-# The paper's exponential escort family, or the authors' released softmax mixture (verl `loss_variant: opo`).
-ESCORT_FORMS = ("exp", "softmax_mixture")
+ESCORT_NORMALIZATIONS = ("subtract_mean", "divide_by_mean")
+# The names these values had before, which recipes still use: each still works, with a FutureWarning.
+DEPRECATED_ESCORT_NORMALIZATIONS = {"none": "subtract_mean", "mean": "divide_by_mean"}
 
 # Default cap on the escort exponent (1 - alpha) * A: exp(20) ~ 4.9e8 keeps w, g and g * Delta finite in float32.
 MAX_ESCORT_EXPONENT = 20.0
@@ -48,43 +56,41 @@ MAX_ESCORT_EXPONENT_LIMIT = 30.0
 MAX_EXACT_LOG_RATIO = 20.0
 
 
-def group_advantages(
-    rewards: torch.Tensor, num_generations: int, scale_rewards: str = "none", eps: float = 1e-4
+def masked_mean(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    dim: int | None = None,
+    sum_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """
-    Centre rewards within each prompt group, NaN-aware, as `GRPOTrainer` does with `sum_then_normalize`.
+    The mean of `values` over the entries where `mask` is 1 (0 where the mask has none), along `dim` or over all.
 
     Args:
-        rewards (`torch.Tensor`):
-            Flat tensor of shape `(num_groups * num_generations,)`; the completions of one prompt are consecutive.
-            `NaN` marks a completion no reward function could score: it is left out of the group statistics and its
-            advantage is `NaN`.
-        num_generations (`int`):
-            Completions per prompt (G).
-        scale_rewards (`str`, *optional*, defaults to `"none"`):
-            `"none"` only centres (the OPO paper); `"group"` divides by the group std, `"batch"` by the batch std.
-        eps (`float`, *optional*, defaults to `1e-4`):
-            Added to the std before dividing, as in TRL.
+        values (`torch.Tensor`): The values; entries under a 0 of the mask count as `value * 0`.
+        mask (`torch.Tensor`): 0/1 (or boolean) mask, the shape of `values`.
+        dim (`int` or `None`, *optional*): The dimension to average over; `None` averages everything.
+        sum_processes (`Callable` or `None`, *optional*): A sum over processes (e.g. `accelerator.reduce(...,
+            reduction="sum")`), applied to the stacked total and count of a `dim=None` mean: the mean over all processes.
 
-    Returns:
-        `torch.Tensor`: Advantages, same shape as `rewards`.
+    Example:
+
+    ```python
+    >>> masked_mean(torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]]), torch.tensor([[1, 1, 0], [0, 0, 0]]), dim=-1)
+    tensor([1.5000, 0.0000])
+
+    ```
     """
-    if scale_rewards not in SCALE_REWARDS:
-        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}.")
-    grouped = rewards.view(-1, num_generations)
-    advantages = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
-    if scale_rewards == "group":
-        advantages = advantages / (_nanstd(grouped, dim=1, keepdim=True) + eps)
-    elif scale_rewards == "batch":
-        advantages = advantages / (_nanstd(rewards.view(-1), dim=0, keepdim=True) + eps)
-    return advantages.reshape(rewards.shape)
+    total, count = (values * mask).sum(dim), mask.sum(dim)
+    if sum_processes is not None:
+        total, count = sum_processes(torch.stack([total, count.float()]))
+    return total / count.clamp(min=1.0)
 
 
 class EscortDrive(NamedTuple):
     """The escort drive of a batch of groups, flat and detached."""
 
-    drive: torch.Tensor  # g = w - mean_group(w), 0 where invalid
-    weights: torch.Tensor  # w, 0 where invalid
+    drive: torch.Tensor  # g = w - mean_group(w), 0 where unscorable
+    weights: torch.Tensor  # w, 0 where unscorable
     clipped: torch.Tensor  # bool: the exponent hit the cap
 
 
@@ -96,21 +102,20 @@ def sequence_log_prob(per_token_logps: torch.Tensor, mask: torch.Tensor, aggrega
     if aggregation not in ("mean", "sum"):
         raise ValueError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}.")
     mask = mask.to(per_token_logps.dtype)
-    total = torch.where(mask.bool(), per_token_logps, 0.0).sum(dim=-1)
-    count = mask.sum(dim=-1)
-    value = total / count.clamp(min=1.0) if aggregation == "mean" else total
-    return torch.where(count > 0, value, torch.full_like(value, float("nan")))
+    values = torch.where(mask.bool(), per_token_logps, 0.0)
+    value = masked_mean(values, mask, dim=-1) if aggregation == "mean" else values.sum(dim=-1)
+    return torch.where(mask.sum(dim=-1) > 0, value, torch.full_like(value, float("nan")))
 
 
 def escort_drive(
     advantages: torch.Tensor,
     num_generations: int,
     alpha: float,
-    valid: torch.Tensor | None = None,
+    scorable: torch.Tensor | None = None,
     max_exponent: float = MAX_ESCORT_EXPONENT,
     log_reference: torch.Tensor | None = None,
     temperature: float = 1.0,
-    normalization: str = "none",
+    normalization: str = "subtract_mean",
 ) -> EscortDrive:
     """
     The alpha-escort drive g_i = w_i - mean_j w_j (or w_i / mean_j w_j - 1), per prompt group.
@@ -131,15 +136,16 @@ def escort_drive(
     ratios). It is what keeps the weights usable: log pi_k of a 30-token completion is tens of nats, and
     pi_k(y)^-(1 - alpha) alone would be around e^18.
 
-    `normalization="none"` subtracts the group mean of w: the orthogonal projection onto probability conservation, so
-    g sums to zero over the valid completions of every group; the exponent is capped at `max_exponent`.
-    `normalization="mean"` divides by it instead, g_i = w_i / mean_j w_j - 1: a self-normalised estimate of the escort
-    ratio rho_alpha / pi_k minus 1, which has mean 0 under pi_k too. It is today's drive divided by the group's mean w,
-    so it is scale-free (g in [-1, n - 1] for n valid completions whatever T or the reward scale) and is computed in log
-    space, so no exponent is capped. Either way a group whose exponents all tie gets g = 0 exactly.
+    `normalization="subtract_mean"` subtracts the group mean of w: the orthogonal projection onto probability
+    conservation, so g sums to zero over the scorable completions of every group; the exponent is capped at
+    `max_exponent`. `normalization="divide_by_mean"` divides by it instead, g_i = w_i / mean_j w_j - 1: a self-normalised
+    estimate of the escort ratio rho_alpha / pi_k minus 1, which has mean 0 under pi_k too. It is the
+    `"subtract_mean"` drive divided by the group's mean w, so it is scale-free (g in [-1, n - 1] for n scorable
+    completions whatever T or the reward scale) and is computed in log space, so no exponent is capped. Either way a
+    group whose exponents all tie gets g = 0 exactly.
 
-    Invalid completions (`valid` false, or a `NaN` advantage) get g = 0 and are left out of the group mean; a group with
-    no valid completion contributes nothing.
+    Unscorable completions (`scorable` false, or a `NaN` advantage) get g = 0 and are left out of the group mean; a group
+    with no scorable completion contributes nothing.
 
     Args:
         advantages (`torch.Tensor`):
@@ -148,60 +154,79 @@ def escort_drive(
             Completions per prompt (G).
         alpha (`float`):
             Escort exponent in [0, 1). alpha -> 1 flattens the weights (no update); alpha = 0 is the most aggressive.
-        valid (`torch.Tensor` or `None`, *optional*):
+        scorable (`torch.Tensor` or `None`, *optional*):
             Boolean mask of completions that carry a reward.
         max_exponent (`float`, *optional*, defaults to `MAX_ESCORT_EXPONENT`):
-            Upper bound on the exponent with `normalization="none"`, so that w never overflows to inf.
+            Upper bound on the exponent with `normalization="subtract_mean"`, so that w never overflows to inf.
         log_reference (`torch.Tensor` or `None`, *optional*):
             l_i = log pi_k(y_i) per completion (e.g. [`sequence_log_prob`] of the rollout policy's token log-probs),
             shape like `advantages`. `NaN` entries (no tokens) get c_i = 0 and stay out of the group mean of l.
         temperature (`float`, *optional*, defaults to `1.0`):
             Escort temperature T > 0 that divides the advantages.
-        normalization (`str`, *optional*, defaults to `"none"`):
-            `"none"` (g = w - mean w) or `"mean"` (g = w / mean w - 1).
+        normalization (`str`, *optional*, defaults to `"subtract_mean"`):
+            `"subtract_mean"` (g = w - mean w) or `"divide_by_mean"` (g = w / mean w - 1). The former names `"none"`
+            and `"mean"` still work, with a `FutureWarning`.
 
     Returns:
-        [`EscortDrive`]: The drive g, the escort weights (w with `"none"`, w / mean w with `"mean"`; 0 where invalid)
-        and where the exponent was capped.
+        [`EscortDrive`]: The drive g, the escort weights (w with `"subtract_mean"`, w / mean w with `"divide_by_mean"`;
+        0 where unscorable) and where the exponent was capped.
     """
+    normalization = current_escort_normalization(normalization)
     if normalization not in ESCORT_NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {ESCORT_NORMALIZATIONS}, got {normalization!r}.")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}.")
     advantages = advantages.detach()
-    ok = ~torch.isnan(advantages)
-    if valid is not None:
-        ok = ok & valid.to(torch.bool)
-    exponent = torch.where(ok, advantages, torch.zeros_like(advantages))
+    scorable = _scorable_mask(advantages, scorable)
+    exponent = torch.where(scorable, advantages, torch.zeros_like(advantages))
     if temperature != 1.0:
         exponent = exponent / temperature
     if log_reference is not None:
-        exponent = exponent - _group_centred(log_reference.detach().to(advantages.dtype), ok, num_generations)
+        exponent = exponent - _group_centred(log_reference.detach().to(advantages.dtype), scorable, num_generations)
     exponent = (1.0 - alpha) * exponent
-    grouped_ok = ok.view(-1, num_generations)
-    n_ok = grouped_ok.sum(dim=1, keepdim=True).clamp(min=1)
-    if normalization == "mean":
+    grouped_scorable = scorable.view(-1, num_generations)
+    n_scorable = grouped_scorable.sum(dim=1, keepdim=True).clamp(min=1)
+    if normalization == "divide_by_mean":
         # w_i / mean_j w_j = exp(e_i - max e) / mean_j exp(e_j - max e): the largest term is 1, nothing overflows, and
         # equal exponents give exactly 1 (so g = 0) whatever their value.
-        grouped_e = torch.where(grouped_ok, exponent.view(-1, num_generations), -torch.inf)
+        grouped_e = torch.where(grouped_scorable, exponent.view(-1, num_generations), -torch.inf)
         top = grouped_e.max(dim=1, keepdim=True).values
         relative = torch.exp(grouped_e - torch.where(torch.isfinite(top), top, 0.0))
-        ratio = relative / (relative.sum(dim=1, keepdim=True) / n_ok).clamp(min=torch.finfo(relative.dtype).tiny)
-        drive = (ratio - 1.0) * grouped_ok
-        return EscortDrive(drive.reshape(advantages.shape), ratio.reshape(advantages.shape), torch.zeros_like(ok))
-    clipped = ok & (exponent > max_exponent)
-    weights = torch.exp(exponent.clamp(max=max_exponent)) * ok
+        ratio = relative / (relative.sum(dim=1, keepdim=True) / n_scorable).clamp(min=torch.finfo(relative.dtype).tiny)
+        drive = (ratio - 1.0) * grouped_scorable
+        return EscortDrive(
+            drive.reshape(advantages.shape), ratio.reshape(advantages.shape), torch.zeros_like(scorable)
+        )
+    clipped = scorable & (exponent > max_exponent)
+    weights = torch.exp(exponent.clamp(max=max_exponent)) * scorable
     grouped_w = weights.view(-1, num_generations)
-    mean_w = grouped_w.sum(dim=1, keepdim=True) / n_ok
-    drive = (grouped_w - mean_w) * grouped_ok
+    mean_w = grouped_w.sum(dim=1, keepdim=True) / n_scorable
+    drive = (grouped_w - mean_w) * grouped_scorable
     return EscortDrive(drive.reshape(advantages.shape), weights, clipped)
+
+
+def current_escort_normalization(value, stacklevel: int = 3):
+    """
+    `value` of `escort_normalization` under its current name: a former name (`"none"`, `"mean"`) is translated, with a
+    `FutureWarning`; any other value is returned as it is.
+    """
+    if isinstance(value, str) and value in DEPRECATED_ESCORT_NORMALIZATIONS:
+        current = DEPRECATED_ESCORT_NORMALIZATIONS[value]
+        warnings.warn(
+            f"escort_normalization={value!r} is deprecated and will be removed in a future release; use {current!r}, "
+            "which computes the same drive.",
+            FutureWarning,
+            stacklevel=stacklevel,
+        )
+        return current
+    return value
 
 
 class MixtureDrive(NamedTuple):
     """The softmax-mixture drive of a batch of groups, flat and detached."""
 
-    drive: torch.Tensor  # s * (n * w - 1), the per-sequence drive the loss uses; 0 where invalid
-    weights: torch.Tensor  # w = q^alpha p^(1 - alpha), normalised to sum 1 over each group's valid completions
+    drive: torch.Tensor  # s * (n * w - 1), the per-sequence drive the loss uses; 0 where unscorable
+    weights: torch.Tensor  # w = q^alpha p^(1 - alpha), normalised to sum 1 over each group's scorable completions
     clipped: torch.Tensor  # bool: |Delta| reached the log-ratio clip
     q_entropy: torch.Tensor  # (num_groups,) entropy of q, in nats
     p_entropy: torch.Tensor  # (num_groups,) entropy of p, in nats
@@ -216,7 +241,7 @@ def softmax_mixture_drive(
     ratio_temperature: float = 0.5,
     log_ratio_clip: float = 5.0,
     direction_scale: float | None = None,
-    valid: torch.Tensor | None = None,
+    scorable: torch.Tensor | None = None,
 ) -> MixtureDrive:
     """
     The drive of the authors' released OPO (verl, `adpo/core_algos.py`, `loss_variant: opo`), per prompt group:
@@ -235,8 +260,8 @@ def softmax_mixture_drive(
     even a tied group is driven towards them.
 
     Weights are formed in log space (log w = alpha log q + (1 - alpha) log p, then a softmax), which is their
-    `(q + 1e-10)^alpha (p + 1e-10)^(1 - alpha)` normalised, without the 1e-10. Invalid completions (`valid` false or a
-    `NaN` advantage) are left out of both softmaxes and get drive 0.
+    `(q + 1e-10)^alpha (p + 1e-10)^(1 - alpha)` normalised, without the 1e-10. Unscorable completions (`scorable`
+    false or a `NaN` advantage) are left out of both softmaxes and get drive 0.
 
     Args:
         advantages (`torch.Tensor`): Flat `(num_groups * num_generations,)` advantages.
@@ -247,7 +272,7 @@ def softmax_mixture_drive(
         ratio_temperature (`float`, *optional*, defaults to `0.5`): tau > 0.
         log_ratio_clip (`float`, *optional*, defaults to `5.0`): c > 0, the clamp of Delta inside p.
         direction_scale (`float` or `None`, *optional*): s; `None` is 1 / alpha.
-        valid (`torch.Tensor` or `None`, *optional*): Boolean mask of completions that carry a reward.
+        scorable (`torch.Tensor` or `None`, *optional*): Boolean mask of completions that carry a reward.
 
     Returns:
         [`MixtureDrive`].
@@ -256,37 +281,41 @@ def softmax_mixture_drive(
         raise ValueError("alpha must be > 0 when direction_scale is None (the direction scale is 1 / alpha).")
     scale = direction_scale if direction_scale is not None else 1.0 / alpha
     advantages, log_ratio = advantages.detach(), log_ratio.detach().to(advantages.dtype)
-    ok = ~torch.isnan(advantages)
-    if valid is not None:
-        ok = ok & valid.to(torch.bool)
-    grouped_ok = ok.view(-1, num_generations)
-    n_ok = grouped_ok.sum(dim=1, keepdim=True)
+    scorable = _scorable_mask(advantages, scorable)
+    grouped_scorable = scorable.view(-1, num_generations)
+    n_scorable = grouped_scorable.sum(dim=1, keepdim=True)
 
     def group_log_softmax(x):
-        x = torch.where(grouped_ok, x.view(-1, num_generations), -torch.inf)
+        x = torch.where(grouped_scorable, x.view(-1, num_generations), -torch.inf)
         out = torch.log_softmax(x, dim=1)
-        return torch.where(grouped_ok, out, -torch.inf)  # a group with no valid entry gives NaN; keep it -inf
+        return torch.where(grouped_scorable, out, -torch.inf)  # a group with no scorable entry gives NaN; keep it -inf
 
-    log_q = group_log_softmax(torch.where(ok, advantages, 0.0) / reward_temperature)
-    clipped = ok & (log_ratio.abs() >= log_ratio_clip)
+    log_q = group_log_softmax(torch.where(scorable, advantages, 0.0) / reward_temperature)
+    clipped = scorable & (log_ratio.abs() >= log_ratio_clip)
     log_p = group_log_softmax(log_ratio.clamp(-log_ratio_clip, log_ratio_clip) / ratio_temperature)
     log_w = group_log_softmax(
-        alpha * torch.where(grouped_ok, log_q, 0.0) + (1 - alpha) * torch.where(grouped_ok, log_p, 0.0)
+        alpha * torch.where(grouped_scorable, log_q, 0.0) + (1 - alpha) * torch.where(grouped_scorable, log_p, 0.0)
     )
-    w = torch.exp(log_w) * grouped_ok
-    drive = scale * (n_ok * w - 1.0) * grouped_ok
+    w = torch.exp(log_w) * grouped_scorable
+    drive = scale * (n_scorable * w - 1.0) * grouped_scorable
 
     def entropy(log_x):
-        return -(torch.exp(log_x) * torch.where(grouped_ok, log_x, 0.0)).sum(dim=1)
+        return -(torch.exp(log_x) * torch.where(grouped_scorable, log_x, 0.0)).sum(dim=1)
 
     return MixtureDrive(
         drive.reshape(advantages.shape), w.reshape(advantages.shape), clipped, entropy(log_q), entropy(log_p)
     )
 
 
-def _group_centred(values: torch.Tensor, ok: torch.Tensor, num_generations: int) -> torch.Tensor:
-    # values minus their group mean over the entries that are ok and not NaN; 0 elsewhere.
-    present = ok & ~torch.isnan(values)
+def _scorable_mask(advantages: torch.Tensor, scorable: torch.Tensor | None) -> torch.Tensor:
+    # The completions that carry a reward: those of `scorable` (all if None) whose advantage is not NaN.
+    mask = ~torch.isnan(advantages)
+    return mask if scorable is None else mask & scorable.to(torch.bool)
+
+
+def _group_centred(values: torch.Tensor, scorable: torch.Tensor, num_generations: int) -> torch.Tensor:
+    # values minus their group mean over the entries that are scorable and not NaN; 0 elsewhere.
+    present = scorable & ~torch.isnan(values)
     grouped, grouped_present = (
         torch.where(present, values, 0.0).view(-1, num_generations),
         present.view(-1, num_generations),
@@ -298,7 +327,7 @@ def _group_centred(values: torch.Tensor, ok: torch.Tensor, num_generations: int)
 def trust_region_mu(
     drive: torch.Tensor,
     target_chi2: float,
-    valid: torch.Tensor | None = None,
+    scorable: torch.Tensor | None = None,
     mu_min: float = 0.0,
     mu_max=float("inf"),
 ) -> torch.Tensor:
@@ -307,21 +336,21 @@ def trust_region_mu(
 
         mean(v*^2) = target_chi2   <=>   mu = sqrt(mean(g^2) / target_chi2)
 
-    over the valid completions of a rollout, clamped to `[mu_min, mu_max]`. With a fixed mu the size of the step moves
+    over the scorable completions of a rollout, clamped to `[mu_min, mu_max]`. With a fixed mu the size of the step moves
     with the reward scale, alpha and the group size; with this mu it does not.
 
     Args:
         drive (`torch.Tensor`): The escort drive g of the whole rollout (all processes).
         target_chi2 (`float`): The budget, > 0.
-        valid (`torch.Tensor` or `None`, *optional*): Boolean mask of the completions that carry a reward.
+        scorable (`torch.Tensor` or `None`, *optional*): Boolean mask of the completions that carry a reward.
         mu_min (`float`, *optional*, defaults to `0.0`): Lower clamp (a rollout without signal gives mu = mu_min).
         mu_max (`float`, *optional*, defaults to `inf`): Upper clamp.
 
     Returns:
         `torch.Tensor`: mu, a 0-dim tensor on the drive's device.
     """
-    ok = torch.ones_like(drive, dtype=torch.bool) if valid is None else valid.to(torch.bool)
-    mean_g2 = (drive.detach().double().pow(2) * ok).sum() / ok.sum().clamp(min=1)
+    scorable = torch.ones_like(drive, dtype=torch.bool) if scorable is None else scorable.to(torch.bool)
+    mean_g2 = masked_mean(drive.detach().double().pow(2), scorable)
     return torch.sqrt(mean_g2 / target_chi2).clamp(min=mu_min, max=mu_max).to(drive.dtype)
 
 
@@ -348,10 +377,9 @@ def sequence_log_ratio(
     if aggregation not in LOG_RATIO_AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {LOG_RATIO_AGGREGATIONS}, got {aggregation!r}.")
     token_log_ratio = torch.where(mask.bool(), per_token_logps - old_per_token_logps, 0.0)
-    delta = (token_log_ratio * mask).sum(dim=-1)
-    if aggregation == "mean":
-        delta = delta / mask.sum(dim=-1).clamp(min=1.0)
-    return delta
+    return (
+        masked_mean(token_log_ratio, mask, dim=-1) if aggregation == "mean" else (token_log_ratio * mask).sum(dim=-1)
+    )
 
 
 def _log_ratio(delta: torch.Tensor) -> torch.Tensor:
@@ -404,7 +432,7 @@ def sequence_importance_weight(importance_sampling_ratio: torch.Tensor, mask: to
     ratio = importance_sampling_ratio.detach()
     if ratio.size(-1) == 1:
         return ratio.squeeze(-1)
-    return (ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    return masked_mean(ratio, mask, dim=-1)
 
 
 def per_token_kl(
@@ -476,110 +504,166 @@ def opo_sequence_loss(
     kl = None
     if beta != 0.0:
         kl = per_token_kl(per_token_logps, ref_per_token_logps, old_per_token_logps if kl_ratio_correction else None)
+        # beta times the masked sum, then divided: not beta * masked_mean, whose rounding differs in the last bit.
         loss = loss + beta * (kl * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
     return SequenceLoss(loss, delta, kl)
 
 
-def escort_statistics(
-    escort: EscortDrive | MixtureDrive,
-    num_generations: int,
-    mu: float | torch.Tensor,
-    valid: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """
-    Diagnostics of one batch of escort drives (all processes): weight stats, |g|, half the range of g per group (the
-    denominator of the paper's gradient-response efficiency), effective sample size, positivity violations,
-    exponent-capped fraction (for the softmax mixture: the fraction of |Delta| at the clip), groups without signal,
-    given `valid` the unscorable fraction, and for the softmax mixture the mean entropy of q and p per group. One host
-    sync.
-    """
-    drive, weights, clipped = escort.drive, escort.weights, escort.clipped
-    # Not `weights > 0`: the weight of a very negative advantage underflows to 0 but is still a scored sample.
-    ok = torch.ones_like(weights, dtype=torch.bool) if valid is None else valid.to(torch.bool)
-    n_ok = ok.sum().clamp(min=1).double()
-    grouped_w = weights.view(-1, num_generations).double()
-    sum_w, sum_w2 = grouped_w.sum(dim=1), grouped_w.pow(2).sum(dim=1)
-    n_group = ok.view(-1, num_generations).sum(dim=1)
-    has_data = (n_group > 0).double()
-    # Effective sample size of the escort weights, as a fraction of the valid completions of each group.
-    ess = sum_w.pow(2) / sum_w2.clamp(min=1e-300) / n_group.clamp(min=1)
-    grouped_g, grouped_ok = drive.view(-1, num_generations).double(), ok.view(-1, num_generations)
-    g_max = torch.where(grouped_ok, grouped_g, -torch.inf).max(dim=1).values
-    g_min = torch.where(grouped_ok, grouped_g, torch.inf).min(dim=1).values
-    half_range = torch.where(n_group > 0, (g_max - g_min) / 2, 0.0)
-    stats = {
-        "escort_weight/mean": weights.double().sum() / n_ok,
-        "escort_weight/max": weights.double().max() if weights.numel() else torch.zeros((), dtype=torch.float64),
-        "escort_weight/ess": (ess * has_data).sum() / has_data.sum().clamp(min=1),
-        "escort_weight/clipped_frac": (clipped & ok).double().sum() / n_ok,
-        "drive/abs_mean": drive.double().abs().sum() / n_ok,
-        "drive/half_range": (half_range * has_data).sum() / has_data.sum().clamp(min=1),
-        # The exact update 1 + g/mu stays a probability ratio only when g >= -mu.
-        "positivity_violations": ((drive < -mu) & ok).double().sum() / n_ok,
-        "groups_without_signal": (drive.view(-1, num_generations) == 0).all(dim=1).double().mean(),
-    }
-    if valid is not None:
-        stats["unscorable_frac"] = 1.0 - valid.double().mean()
-    if isinstance(escort, MixtureDrive):
-        stats["escort/q_entropy"] = (escort.q_entropy.double() * has_data).sum() / has_data.sum().clamp(min=1)
-        stats["escort/p_entropy"] = (escort.p_entropy.double() * has_data).sum() / has_data.sum().clamp(min=1)
-    return _to_floats(stats)
+def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean token entropy H over the unmasked tokens of a micro-batch, as TRL's entropy bonus `- coef * H` uses it."""
+    return masked_mean(entropies, mask.to(entropies.dtype))
 
 
-def ratio_statistics(
-    delta: torch.Tensor, drive: torch.Tensor, mu: float | torch.Tensor, ratio_form: str = "log"
-) -> dict[str, float]:
-    """
-    Diagnostics of the sequence log-ratios of a micro-batch (all processes). One host sync.
+# -- escort forms ------------------------------------------------------------------------------------------------------
 
-    - `delta/mean`, `delta/abs_max`: of Delta.
-    - `chi2`: `mean((exp(Delta) - 1)^2)`, the Pearson chi-square of the step whatever `ratio_form`. With
-      `log_ratio_aggregation="sum"` it is the chi-square of the sequence ratio pi_theta(y) / pi_k(y); with `"mean"`,
-      Delta is a per-token mean, and it is the chi-square of the geometric-mean token ratio.
-    - `equilibrium_gap`: `mean |mu * v - g|` with v the ratio field the quadratic acts on (Delta, or exp(Delta) - 1
-      in the exact form): how far the policy is from the closed-form step v* = g / mu.
-    - `step/abs_mean` and `closed_form_step/abs_mean`: `mean |v|` and `mean |g / mu|`; their ratio is how much of its
-      own closed-form step the policy has taken (0 on a rollout's first step, 1 at the optimum of the quadratic).
+
+class Allowed(NamedTuple):
+    """The values a config field may take: a test, and the words an error message gives them."""
+
+    test: Callable[[Any], bool]
+    description: str
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+POSITIVE = Allowed(lambda value: _finite(value) and value > 0, "a finite float > 0")
+POSITIVE_OR_NONE = Allowed(lambda value: value is None or POSITIVE.test(value), "None or a finite float > 0")
+
+
+def one_of(choices) -> Allowed:
+    """The values of `choices`."""
+    return Allowed(lambda value: value in choices, f"one of {list(choices)}")
+
+
+class EscortBatch(NamedTuple):
     """
-    delta, drive = delta.detach().float(), drive.detach().float()
-    mu = mu.detach().float() if isinstance(mu, torch.Tensor) else mu
-    v = RATIO_FORMS[ratio_form](delta)
-    return _to_floats(
-        {
-            "delta/mean": delta.mean(),
-            "delta/abs_max": delta.abs().max(),
-            "chi2": torch.expm1(delta.clamp(max=MAX_EXACT_LOG_RATIO)).pow(2).mean(),
-            "equilibrium_gap": (mu * v - drive).abs().mean(),
-            "step/abs_mean": v.abs().mean(),
-            "closed_form_step/abs_mean": (drive / mu).abs().mean(),
-        }
+    What an escort form computes a drive from: one rollout, gathered from all processes, flat, the completions of a
+    prompt consecutive.
+    """
+
+    advantages: torch.Tensor  # TRL's advantages: rewards centred per group, optionally divided by a std
+    num_generations: int  # completions per prompt (G)
+    scorable: torch.Tensor  # bool: the completions at least one reward function scored
+    log_ratio: torch.Tensor | None  # the current Delta of each completion; None while the policy has not moved
+    # log pi_k(y) of each completion, summed ("sum") or averaged ("mean") over its tokens; computed when asked for, since
+    # it may cost a forward pass.
+    log_reference: Callable[[str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EscortForm:
+    """
+    One way of turning a rollout's advantages into OPO's drive, with all that [`OPOConfig`] and [`OPOTrainer`] need to
+    know about it. `OPOConfig(escort_form=name)` selects the form registered under `name` ([`register_escort_form`]).
+
+    Args:
+        name (`str`):
+            The value of `OPOConfig.escort_form` that selects the form.
+        drive (`Callable[[OPOConfig, EscortBatch], EscortDrive | MixtureDrive]`):
+            The drive of a rollout from the config and an [`EscortBatch`]: flat, detached, 0 where a completion is not
+            scorable. Its `weights` and `clipped` feed the logged statistics.
+        fields (`Mapping[str, Allowed]`, *optional*):
+            The `OPOConfig` fields the form reads and no form it shares the config with needs, each with the values it
+            allows. Under another form, setting one of them away from its default is an error.
+        refresh_each_step (`bool`, *optional*, defaults to `False`):
+            Whether the drive depends on the current policy (`EscortBatch.log_ratio`): then the trainer recomputes the
+            drive of a reused rollout at the first micro-batch of every optimizer step.
+        clip_quadratic (`bool`, *optional*, defaults to `False`):
+            Whether the quadratic acts on `clamp(Delta, -log_ratio_clip, log_ratio_clip)` rather than on Delta.
+        check (`Callable[[OPOConfig], str | None]`, *optional*):
+            A check across fields: what is wrong with the config, or `None`.
+    """
+
+    name: str
+    drive: Callable[[Any, EscortBatch], Any]
+    fields: Mapping[str, Allowed] = field(default_factory=dict)
+    refresh_each_step: bool = False
+    clip_quadratic: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+# Every escort form, by name: the choices of `OPOConfig.escort_form`.
+ESCORT_FORMS: dict[str, EscortForm] = {}
+
+
+def register_escort_form(form: EscortForm) -> EscortForm:
+    """Add `form` to [`ESCORT_FORMS`], so that `OPOConfig(escort_form=form.name)` selects it. Returns the form."""
+    if form.name in ESCORT_FORMS:
+        raise ValueError(f"An escort form named {form.name!r} is already registered.")
+    ESCORT_FORMS[form.name] = form
+    return form
+
+
+def _exp_drive(args, batch: EscortBatch) -> EscortDrive:
+    log_reference = None if args.escort_reference == "none" else batch.log_reference(args.escort_reference)
+    return escort_drive(
+        batch.advantages,
+        batch.num_generations,
+        args.alpha,
+        scorable=batch.scorable,
+        max_exponent=args.max_escort_exponent,
+        log_reference=log_reference,
+        temperature=args.escort_temperature,
+        normalization=args.escort_normalization,
     )
 
 
-def rollout_kl(per_token_logps: torch.Tensor, old_per_token_logps: torch.Tensor) -> torch.Tensor:
-    """
-    Per-token estimate of KL(pi_k || pi_theta), the current policy's distance from the rollout policy, on tokens the
-    rollout policy sampled: `r - 1 - log r` with `r = pi_theta / pi_k` (the unbiased, non-negative "k3" estimator).
-    0 on a rollout's first step; it grows as a reused rollout's policy moves away.
-    """
-    log_r = per_token_logps.detach().float() - old_per_token_logps.detach().float()
-    return torch.expm1(log_r) - log_r
+def _softmax_mixture_drive(args, batch: EscortBatch) -> MixtureDrive:
+    # Before the policy moves Delta = 0, and p is uniform.
+    log_ratio = torch.zeros_like(batch.advantages) if batch.log_ratio is None else batch.log_ratio
+    return softmax_mixture_drive(
+        batch.advantages,
+        log_ratio,
+        batch.num_generations,
+        args.alpha,
+        reward_temperature=args.reward_temperature,
+        ratio_temperature=args.ratio_temperature,
+        log_ratio_clip=args.log_ratio_clip,
+        direction_scale=args.direction_scale,
+        scorable=batch.scorable,
+    )
 
 
-def entropy_bonus(entropies: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean token entropy H over the unmasked tokens of a micro-batch, as TRL's entropy bonus `- coef * H` uses it."""
-    mask = mask.to(entropies.dtype)
-    return (entropies * mask).sum() / mask.sum().clamp(min=1.0)
+def _softmax_mixture_check(args) -> str | None:
+    if args.alpha == 0 and args.direction_scale is None:
+        return "alpha=0 with escort_form='softmax_mixture' needs direction_scale: the default scale is 1 / alpha."
+    return None
 
 
-def _to_floats(stats: dict[str, torch.Tensor]) -> dict[str, float]:
-    values = torch.stack([v.to(torch.float64).cpu() for v in stats.values()]).tolist()
-    return dict(zip(stats, values, strict=True))
-
-
-def _nanstd(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
-    # Bessel-corrected std over the non-NaN entries, like TRL's `nanstd`.
-    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
-    var = torch.nanmean((x - torch.nanmean(x, dim=dim, keepdim=True)) ** 2, dim=dim, keepdim=True)
-    std = torch.sqrt(var * count / (count - 1).clamp(min=1))
-    return std if keepdim else std.squeeze(dim)
+# The paper's exponential escort family ([`escort_drive`]).
+register_escort_form(
+    EscortForm(
+        "exp",
+        _exp_drive,
+        fields={
+            "escort_temperature": POSITIVE,
+            "escort_normalization": one_of(ESCORT_NORMALIZATIONS),
+            "escort_reference": one_of(ESCORT_REFERENCES),
+            "max_escort_exponent": Allowed(
+                lambda value: _finite(value) and 0 < value <= MAX_ESCORT_EXPONENT_LIMIT,
+                f"a float in (0, {MAX_ESCORT_EXPONENT_LIMIT:g}] (an escort weight of e^40 makes float32 gradient norms "
+                "overflow)",
+            ),
+            "mu_target_chi2": POSITIVE_OR_NONE,
+            "ratio_form": one_of(RATIO_FORMS),
+        },
+    )
+)
+# The authors' released softmax mixture (verl `loss_variant: opo`, [`softmax_mixture_drive`]).
+register_escort_form(
+    EscortForm(
+        "softmax_mixture",
+        _softmax_mixture_drive,
+        fields={
+            "reward_temperature": POSITIVE,
+            "ratio_temperature": POSITIVE,
+            "log_ratio_clip": POSITIVE,
+            "direction_scale": POSITIVE_OR_NONE,
+        },
+        refresh_each_step=True,
+        clip_quadratic=True,
+        check=_softmax_mixture_check,
+    )
+)

@@ -15,7 +15,10 @@ import os
 logger = logging.getLogger(__name__)
 
 
-ROLLOUT_STATE_FORMAT = 1
+ROLLOUT_STATE_FORMAT = 2
+# Older formats a trainer upgrades on load (`_upgrade_buffered_inputs`). Format 1 held OPO's drive under TRL's
+# "advantages" key; TRL's own keys are the same in both.
+UPGRADABLE_FORMATS = (1,)
 ROLLOUT_STATE_NAME = "rollout_state"
 # The config fields that shape a rollout and how it is split into micro-steps.
 ROLLOUT_FIELDS = (
@@ -44,11 +47,11 @@ class RolloutCheckpointMixin:
 
     Each checkpoint gets `rollout_state.pt` (`rollout_state_<rank>.pt` with several processes): the micro-step counter
     `_step` and the buffered rollout, every key of every micro-batch as it is (so keys a subclass adds, such as OPO's
-    drive and `opo_mu`, come back too), with a format version and the config fields that shape a rollout. It is
+    `opo_drive` and `opo_mu`, come back too), with a format version and the config fields that shape a rollout. It is
     written with the RNG state, before `trainer_state.json`, so a checkpoint whose `trainer_state.json` is written
-    has it. On resume it is restored with the RNG state, before the first step. A checkpoint saved mid-rollout that
-    has no such file (an older format) or was saved with other rollout settings resumes with a new rollout, and says
-    so.
+    has it. On resume it is restored with the RNG state, before the first step; a file of an older format is upgraded
+    (`_upgrade_buffered_inputs`). A checkpoint saved mid-rollout that has no such file (an older opo-trl) or was saved
+    with other rollout settings resumes with a new rollout, and says so.
     """
 
     def _save_rng_state(self, output_dir: str) -> None:
@@ -70,6 +73,13 @@ class RolloutCheckpointMixin:
         super()._load_rng_state(checkpoint)
         if checkpoint is not None:
             restore_rollout_state(self, checkpoint)
+
+    def _upgrade_buffered_inputs(self, buffered_inputs: list, saved_format: int) -> list:
+        """
+        The buffered micro-batches of a file in an older format (one of `UPGRADABLE_FORMATS`), as this format holds
+        them. TRL's own keys have not changed, so they stay as they are; a subclass upgrades the keys it adds.
+        """
+        return buffered_inputs
 
 
 def restore_rollout_state(trainer, checkpoint: str) -> None:
@@ -97,11 +107,12 @@ def restore_rollout_state(trainer, checkpoint: str) -> None:
         state = torch.load(path, map_location=to_device, weights_only=True)
     except Exception as e:
         raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); resume from another checkpoint.") from e
-    saved, current = state.get("fingerprint"), rollout_fingerprint(args)
-    if state.get("format") != ROLLOUT_STATE_FORMAT or saved != current:
+    saved, current, saved_format = state.get("fingerprint"), rollout_fingerprint(args), state.get("format")
+    readable = saved_format == ROLLOUT_STATE_FORMAT or saved_format in UPGRADABLE_FORMATS
+    if not readable or saved != current:
         if state["step"] % generate_every:
-            if state.get("format") != ROLLOUT_STATE_FORMAT:
-                why = f"format {state.get('format')!r}, this opo-trl reads {ROLLOUT_STATE_FORMAT}"
+            if not readable:
+                why = f"format {saved_format!r}, this opo-trl reads {[*UPGRADABLE_FORMATS, ROLLOUT_STATE_FORMAT]}"
             else:
                 why = ", ".join(f"{k} {saved.get(k)} -> {v}" for k, v in current.items() if saved.get(k) != v)
             logger.warning(
@@ -109,5 +120,8 @@ def restore_rollout_state(trainer, checkpoint: str) -> None:
                 "generates a new rollout, so it will not match an uninterrupted run bit for bit."
             )
         return
+    buffered_inputs = state["buffered_inputs"]
+    if saved_format != ROLLOUT_STATE_FORMAT:
+        buffered_inputs = trainer._upgrade_buffered_inputs(buffered_inputs, saved_format)
     trainer._step = state["step"]
-    trainer._buffered_inputs = state["buffered_inputs"]
+    trainer._buffered_inputs = buffered_inputs

@@ -10,18 +10,17 @@ from trl.trainer.utils import get_config_model_id
 
 from .config import OPOConfig
 from .core import (
+    ESCORT_FORMS,
+    EscortBatch,
     entropy_bonus,
-    escort_drive,
-    escort_statistics,
+    masked_mean,
     opo_sequence_loss,
-    ratio_statistics,
-    rollout_kl,
     sequence_importance_weight,
     sequence_log_prob,
     sequence_log_ratio,
-    softmax_mixture_drive,
     trust_region_mu,
 )
+from .diagnostics import escort_statistics, ratio_statistics, rollout_kl
 from .precision import check_cpu_bf16
 from .rollout_state import RolloutCheckpointMixin
 from .validation import validate_dataset
@@ -36,14 +35,17 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
     same arguments, generation, rewards (reward functions, reward models or an environment's `get_reward`), PEFT,
     DeepSpeed and vLLM support. Two things change, and nothing else:
 
-    - the advantages become the alpha-escort drive `g = w - mean(w)`, `w = exp((1 - alpha) * (A - c))`, computed per
-      prompt group on the advantages of all processes and then sliced for this process
-      (`_generate_and_score_completions`);
+    - the loss is weighted by the escort drive instead of the advantages: by default the alpha-escort drive
+      `g = w - mean(w)`, `w = exp((1 - alpha) * (A - c))`, computed per prompt group on the advantages of all processes
+      and then sliced for this process (`_generate_and_score_completions`). Each batch carries it under `"opo_drive"`,
+      beside TRL's own `"advantages"`, the scorable mask (`"opo_scorable"`), the rollout's mu (`"opo_mu"`) and each
+      completion's row in the rollout (`"opo_row"`);
     - the clipped token loss becomes the per-sequence quadratic ratio loss `-g * Delta + (mu / 2) * Delta**2`
       (`_compute_loss`).
 
-    The math lives in `opo_trl.core`; this class only wires it into TRL. `train_dataset` and `eval_dataset` are
-    checked with [`~validation.validate_dataset`] before the model loads.
+    The math lives in `opo_trl.core`, the drive of each `escort_form` in its entry of `opo_trl.core.ESCORT_FORMS`; this
+    class only wires them into TRL, asking the form, never its name. `train_dataset` and `eval_dataset` are checked
+    with [`~validation.validate_dataset`] before the model loads.
 
     Example:
 
@@ -150,36 +152,25 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         scorable = ~torch.isnan(self._opo_rewards_per_func).all(dim=1)
         rank, n_local = self.accelerator.process_index, local_advantages.size(0)
         rows = torch.arange(rank * n_local, (rank + 1) * n_local, device=local_advantages.device)
-        if args.escort_form == "softmax_mixture":
-            # The policy has not moved since generation: Delta = 0 and p is uniform. Later optimizer steps on this
-            # rollout recompute p from the current policy (`_refresh_mixture_drive`), so keep what q needs.
-            escort = self._mixture_drive(advantages, torch.zeros_like(advantages), scorable, num_generations)
-            output["opo_advantage"] = local_advantages
-            output["opo_scorable"] = scorable[rows]
-        else:
-            log_reference = None
-            if args.escort_reference != "none":
-                mask = _loss_mask(output)
-                local = sequence_log_prob(self._rollout_logps(output, mode), mask, args.escort_reference)
-                log_reference = self.accelerator.gather(local)
-            escort = escort_drive(
-                advantages,
-                num_generations,
-                args.alpha,
-                valid=scorable,
-                max_exponent=args.max_escort_exponent,
-                log_reference=log_reference,
-                temperature=args.escort_temperature,
-                normalization=args.escort_normalization,
-            )
+
+        def log_reference(aggregation):
+            local = sequence_log_prob(self._rollout_logps(output, mode), loss_mask(output), aggregation)
+            return self.accelerator.gather(local)
+
+        # The policy has not moved since generation: Delta = 0 (`log_ratio=None`). A form whose drive depends on Delta
+        # gets it recomputed at every later optimizer step on this rollout (`_refresh_drive`), from TRL's advantages
+        # and the scorable mask kept in the batch.
+        escort = self._escort_form.drive(args, EscortBatch(advantages, num_generations, scorable, None, log_reference))
         if args.mu_target_chi2 is None:
             mu = torch.tensor(args.mu, device=advantages.device)
         else:
             mu = trust_region_mu(
-                escort.drive, args.mu_target_chi2, valid=scorable, mu_min=args.mu_min, mu_max=args.mu_max
+                escort.drive, args.mu_target_chi2, scorable=scorable, mu_min=args.mu_min, mu_max=args.mu_max
             )
-        output["advantages"] = escort.drive[rows]
         # Per sequence, so that they follow each completion through TRL's shuffling and splitting into micro-batches.
+        # TRL's "advantages" stay what TRL computed; OPO's loss reads the drive.
+        output["opo_drive"] = escort.drive[rows]
+        output["opo_scorable"] = scorable[rows]
         output["opo_mu"] = mu.to(local_advantages.dtype).expand(n_local).clone()
         output["opo_row"] = rows
 
@@ -194,68 +185,80 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         return output
 
     def _log_escort(self, mode, escort, num_generations, mu, scorable):
-        stats = escort_statistics(escort, num_generations, mu, valid=scorable)
+        stats = escort_statistics(escort, num_generations, mu, scorable=scorable)
         stats["mu"] = float(mu)
         for name, value in stats.items():
             self._metrics[mode][f"opo/{name}"].append(value)
 
-    def _mixture_drive(self, advantages, log_ratio, scorable, num_generations):
-        args = self.args
-        return softmax_mixture_drive(
-            advantages,
-            log_ratio,
-            num_generations,
-            args.alpha,
-            reward_temperature=args.reward_temperature,
-            ratio_temperature=args.ratio_temperature,
-            log_ratio_clip=args.log_ratio_clip,
-            direction_scale=args.direction_scale,
-            valid=scorable,
-        )
+    @property
+    def _escort_form(self):
+        return ESCORT_FORMS[self.args.escort_form]
 
     def _prepare_inputs(self, generation_batch):
         step, buffered = self._step, self._buffered_inputs
         inputs = super()._prepare_inputs(generation_batch)
-        # The softmax mixture's p depends on the current policy: at the first micro-batch of every optimizer step that
-        # reuses a rollout, recompute the drive of the whole rollout (a group's completions are spread over the
-        # rollout's micro-batches and over processes, so no micro-batch can do it alone).
+        # A drive that depends on the current policy (the softmax mixture's p): at the first micro-batch of every
+        # optimizer step that reuses a rollout, recompute the drive of the whole rollout (a group's completions are
+        # spread over the rollout's micro-batches and over processes, so no micro-batch can do it alone).
         if (
             self.model.training
-            and self.args.escort_form == "softmax_mixture"
+            and self._escort_form.refresh_each_step
             and self._buffered_inputs is buffered
             and step % self.args.gradient_accumulation_steps == 0
         ):
-            self._refresh_mixture_drive()
+            self._refresh_drive()
         return inputs
 
-    def _refresh_mixture_drive(self):
-        """Recompute the softmax-mixture drive of the buffered rollout from the policy's current log-ratios."""
-        chunks = self._buffered_inputs
+    def _refresh_drive(self):
+        """Recompute the drive of the buffered rollout from the policy's current log-ratios."""
+        args, chunks = self.args, self._buffered_inputs
         deltas = []
         for chunk in chunks:
             if chunk.get("old_per_token_logps") is None:
-                raise RuntimeError("escort_form='softmax_mixture' reuses a rollout without its old log-probs.")
-            logps = self._current_logps(chunk, self.args.per_device_train_batch_size)
-            mask = _loss_mask(chunk)
+                raise RuntimeError(f"escort_form={args.escort_form!r} reuses a rollout without its old log-probs.")
+            logps = self._current_logps(chunk, args.per_device_train_batch_size)
             deltas.append(
-                sequence_log_ratio(logps, chunk["old_per_token_logps"], mask, self.args.log_ratio_aggregation)
+                sequence_log_ratio(logps, chunk["old_per_token_logps"], loss_mask(chunk), args.log_ratio_aggregation)
             )
-        local = torch.stack(
-            [
-                torch.cat([c["opo_row"].to(deltas[0].dtype) for c in chunks]),
-                torch.cat([c["opo_advantage"].to(deltas[0].dtype) for c in chunks]),
-                torch.cat([c["opo_scorable"].to(deltas[0].dtype) for c in chunks]),
-                torch.cat(deltas),
-            ],
-            dim=1,
+        advantages, scorable, delta = self._gather_rollout(
+            [c["advantages"] for c in chunks], [c["opo_scorable"] for c in chunks], deltas
         )
-        rows, advantages, scorable, delta = self.accelerator.gather(local).unbind(1)
-        order = torch.argsort(rows)
-        advantages, scorable, delta = advantages[order], scorable[order].bool(), delta[order]
-        escort = self._mixture_drive(advantages, delta, scorable, self.num_generations)
+
+        def log_reference(aggregation):
+            (values,) = self._gather_rollout(
+                [sequence_log_prob(c["old_per_token_logps"], loss_mask(c), aggregation) for c in chunks]
+            )
+            return values
+
+        batch = EscortBatch(advantages, self.num_generations, scorable.bool(), delta, log_reference)
+        escort = self._escort_form.drive(args, batch)
         for chunk in chunks:
-            chunk["advantages"] = escort.drive[chunk["opo_row"]].to(chunk["advantages"].dtype)
-        self._log_escort("train", escort, self.num_generations, self.args.mu, scorable)
+            chunk["opo_drive"] = escort.drive[chunk["opo_row"]].to(chunk["opo_drive"].dtype)
+        mu = args.mu if args.mu_target_chi2 is None else chunks[0]["opo_mu"][0]
+        self._log_escort("train", escort, self.num_generations, mu, batch.scorable)
+
+    def _gather_rollout(self, *columns):
+        """
+        Per-completion values of the buffered rollout, one list of per-micro-batch tensors each, gathered from all
+        processes in the rollout's order (by `opo_row`), in the dtype of the last.
+        """
+        dtype = columns[-1][0].dtype
+        rows = torch.cat([c["opo_row"].to(dtype) for c in self._buffered_inputs])
+        local = torch.stack([rows, *(torch.cat([v.to(dtype) for v in column]) for column in columns)], dim=1)
+        gathered = self.accelerator.gather(local)
+        return gathered[torch.argsort(gathered[:, 0]), 1:].unbind(1)
+
+    def _upgrade_buffered_inputs(self, buffered_inputs, saved_format):
+        buffered_inputs = super()._upgrade_buffered_inputs(buffered_inputs, saved_format)
+        if saved_format == 1:
+            # Format 1 held OPO's drive under "advantages", and TRL's advantages under "opo_advantage" for a form that
+            # refreshes its drive (for the others they were not kept).
+            for chunk in buffered_inputs:
+                if "opo_mu" in chunk and "opo_drive" not in chunk:
+                    chunk["opo_drive"] = chunk.pop("advantages")
+                    if "opo_advantage" in chunk:
+                        chunk["advantages"] = chunk.pop("opo_advantage")
+        return buffered_inputs
 
     def _rollout_logps(self, output, mode):
         """Token log-probs of the completions under the rollout policy pi_k."""
@@ -287,7 +290,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+        mask = loss_mask(inputs)
 
         per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
             model,
@@ -312,7 +315,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             per_token_logps,
             old_per_token_logps,
             mask,
-            inputs["advantages"],
+            inputs["opo_drive"],
             mu,
             aggregation=self.args.log_ratio_aggregation,
             ratio_form=self.args.ratio_form,
@@ -320,7 +323,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
             ref_per_token_logps=inputs.get("ref_per_token_logps"),
             beta=self.beta,
             kl_ratio_correction=self.args.use_bias_correction_kl,
-            log_ratio_clip=self.args.log_ratio_clip if self.args.escort_form == "softmax_mixture" else None,
+            log_ratio_clip=self.args.log_ratio_clip if self._escort_form.clip_quadratic else None,
         )
 
         mode = "train" if self.model.training else "eval"
@@ -346,8 +349,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
 
     def _log_loss_metrics(self, mode, mask, entropies, out, inputs, mu, policy_loss, kl_to_rollout):
         def global_masked_mean(x):
-            totals = self.accelerator.reduce(torch.stack([(x * mask).sum(), mask.sum().float()]), reduction="sum")
-            return (totals[0] / totals[1].clamp(min=1.0)).item()
+            return masked_mean(x, mask, sum_processes=lambda t: self.accelerator.reduce(t, reduction="sum")).item()
 
         metrics = self._metrics[mode]
         metrics["entropy"].append(global_masked_mean(entropies))
@@ -355,7 +357,7 @@ class OPOTrainer(RolloutCheckpointMixin, GRPOTrainer):
         if out.kl is not None:
             metrics["kl"].append(global_masked_mean(out.kl))
         # One value per sequence from every process: these are what the paper's claims are about.
-        drive = inputs["advantages"]
+        drive = inputs["opo_drive"]
         rows = inputs.get("opo_row", torch.full_like(drive, -1))
         per_sequence = torch.stack([out.delta.detach(), drive.detach(), mu.to(drive.dtype), rows.to(drive.dtype)], 1)
         delta, drive, mu, rows = self.accelerator.gather(per_sequence).unbind(1)
@@ -395,9 +397,10 @@ MULTIMODAL_KEYS = (
 )
 
 
-def _loss_mask(output):
-    mask = output["completion_mask"]
-    return mask if output.get("tool_mask") is None else mask * output["tool_mask"]
+def loss_mask(batch):
+    """The tokens a batch's loss and statistics count: `completion_mask`, times `tool_mask` when the batch has one."""
+    mask = batch["completion_mask"]
+    return mask if batch.get("tool_mask") is None else mask * batch["tool_mask"]
 
 
 def _warn_where_opo_does_less(trainer) -> None:

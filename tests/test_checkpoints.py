@@ -39,6 +39,17 @@ def optimizer_state(trainer):
     return trainer.optimizer.state_dict()["state"]
 
 
+def assert_same_training_state(full, resumed):
+    """Bitwise equal weights and optimizer state."""
+    for name, p in full.model.named_parameters():
+        assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
+    full_state, resumed_state = optimizer_state(full), optimizer_state(resumed)
+    assert full_state.keys() == resumed_state.keys()
+    for key in full_state:
+        for field, value in full_state[key].items():
+            assert torch.equal(value, resumed_state[key][field]), (key, field)
+
+
 @pytest.mark.slow
 def test_resumed_run_matches_the_uninterrupted_run(tmp_path, tiny_model_path, prompt_dataset):
     # On-policy: steps_per_generation == gradient_accumulation_steps == 1. The interrupted run has the same config
@@ -62,29 +73,13 @@ def test_resumed_run_matches_the_uninterrupted_run(tmp_path, tiny_model_path, pr
     # torch RNG that generation samples from, and nothing in between consumes randomness differently.
     rewards = [[e["reward"] for e in t.state.log_history if "reward" in e] for t in (full, resumed)]
     assert rewards[0][2:] == rewards[1][-2:]
-    for name, p in full.model.named_parameters():
-        assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
-    full_state, resumed_state = optimizer_state(full), optimizer_state(resumed)
-    assert full_state.keys() == resumed_state.keys()
-    for key in full_state:
-        for field, value in full_state[key].items():
-            assert torch.equal(value, resumed_state[key][field]), (key, field)
+    assert_same_training_state(full, resumed)
     assert full.lr_scheduler.get_last_lr() == resumed.lr_scheduler.get_last_lr()
 
 
 def make_algorithm_trainer(algorithm, output_dir, model, dataset, callbacks=None, **overrides):
     """The trainer `opo-trl train --algorithm ALGORITHM` builds, on the tiny CPU settings."""
     return make_trainer(output_dir, model, dataset, callbacks=callbacks, algorithm=algorithm, **overrides)
-
-
-def assert_same_training_state(full, resumed):
-    for name, p in full.model.named_parameters():
-        assert torch.equal(p, dict(resumed.model.named_parameters())[name]), name
-    full_state, resumed_state = optimizer_state(full), optimizer_state(resumed)
-    assert full_state.keys() == resumed_state.keys()
-    for key in full_state:
-        for field, value in full_state[key].items():
-            assert torch.equal(value, resumed_state[key][field]), (key, field)
 
 
 # Two optimizer steps per rollout, each rollout used twice: a rollout serves micro-steps 0-3, and checkpoint-3 is
@@ -120,6 +115,31 @@ def test_resume_mid_rollout_matches_the_uninterrupted_run(tmp_path, tiny_model_p
     # Step 4 used the saved rollout: the resumed run generated once (step 5), as the uninterrupted run did after step 3.
     rewards = [[e["reward"] for e in t.state.log_history if "reward" in e] for t in (full, resumed)]
     assert len(rewards[0]) == 2 and rewards[0] == rewards[1]
+    assert_same_training_state(full, resumed)
+
+
+@pytest.mark.slow
+def test_a_rollout_saved_in_format_1_is_upgraded_and_resumes_to_the_same_result(
+    tmp_path, tiny_model_path, prompt_dataset, caplog
+):
+    # Format 1 kept OPO's drive under TRL's "advantages" key and, for the softmax mixture, whose drive is recomputed
+    # from TRL's advantages at step 4, those under "opo_advantage". A file written that way must resume bit for bit.
+    config = {**MID_ROLLOUT, "escort_form": "softmax_mixture", "alpha": 0.5}
+    full = make_trainer(tmp_path / "full", tiny_model_path, prompt_dataset, **config)
+    full.train()
+    run = tmp_path / "run"
+    make_trainer(run, tiny_model_path, prompt_dataset, callbacks=[StopAt(3)], **config).train()
+    path = rollout_state_file(str(run / "checkpoint-3"), 0, 1)
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == 2
+    for chunk in state["buffered_inputs"]:
+        chunk["opo_advantage"], chunk["advantages"] = chunk.pop("advantages"), chunk.pop("opo_drive")
+    state["format"] = 1
+    torch.save(state, path)
+
+    resumed = make_trainer(run, tiny_model_path, prompt_dataset, **config)
+    resumed.train(resume_from_checkpoint=str(run / "checkpoint-3"))
+    assert not [r for r in caplog.records if r.name == "opo_trl.rollout_state"]  # no new rollout
     assert_same_training_state(full, resumed)
 
 

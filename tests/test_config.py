@@ -1,20 +1,36 @@
+import math
 import warnings
 
 import pytest
+import torch
 from trl import GRPOConfig, TrlParser
 
 from opo_trl import OPOConfig
+from opo_trl.core import ESCORT_FORMS, EscortBatch, opo_sequence_loss
+from opo_trl.harness.testing import group_advantages
 
 
 def make(tmp_path, **kwargs):
     return OPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, report_to="none", **kwargs)
 
 
-def test_paper_defaults(tmp_path):
+def test_the_defaults_train_the_papers_objective(tmp_path):
     args = make(tmp_path)
     assert isinstance(args, GRPOConfig)
-    assert (args.alpha, args.mu, args.scale_rewards) == (0.4, 1.0, "none")
-    assert (args.log_ratio_aggregation, args.ratio_form, args.beta) == ("mean", "log", 0.0)
+    # One group of four with binary rewards. Centred only (GRPO's default would divide A = +-0.5 by the group std),
+    # then the exponential escort at alpha 0.4, T = 1, no reference: g = w - mean w = +-sinh(0.6 * 0.5).
+    advantages = group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 4, args.scale_rewards)
+    batch = EscortBatch(advantages, 4, torch.ones(4, dtype=torch.bool), None, lambda a: pytest.fail("no reference"))
+    drive = ESCORT_FORMS[args.escort_form].drive(args, batch).drive
+    s = math.sinh(0.3)
+    torch.testing.assert_close(drive, torch.tensor([s, -s, -s, s]))
+    # The loss of a sequence whose two tokens each rose by 0.5 nats: Delta is their mean, the quadratic acts on Delta
+    # with mu = 1, and there is no KL term: -g * 0.5 + 0.5 * 0.5**2.
+    logps, old = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -2.5]])
+    loss = opo_sequence_loss(
+        logps, old, torch.ones(1, 2), drive[:1], args.mu, args.log_ratio_aggregation, args.ratio_form, beta=args.beta
+    ).loss
+    assert loss.item() == pytest.approx(-s * 0.5 + 0.5 * 0.25, rel=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +55,28 @@ def test_invalid_values_name_field_value_and_range(tmp_path, field, value, allow
     with pytest.raises(ValueError, match=rf"{field}={value!r}.*{allowed}" if isinstance(value, str) else field) as err:
         make(tmp_path, **{field: value})
     assert allowed.replace("\\", "") in str(err.value)
+
+
+def test_each_field_is_documented_from_its_help_alone():
+    import ast
+    import dataclasses
+    import inspect
+
+    from opo_trl import config
+
+    grpo = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    documented = [f for f in dataclasses.fields(OPOConfig) if f.name not in grpo or f.default != grpo[f.name]]
+    assert {"alpha", "escort_form", "direction_scale", "scale_rewards"} <= {f.name for f in documented}
+    # The docstring as written in the source documents no field: the help is the one home of each field's text.
+    (cls,) = [n for n in ast.parse(inspect.getsource(config)).body if getattr(n, "name", None) == "OPOConfig"]
+    written = ast.get_docstring(cls)
+    assert [f.name for f in documented if f"{f.name} (`" in written] == []
+    doc = " ".join(OPOConfig.__doc__.split())
+    for f in documented:
+        help_text = " ".join(f.metadata["help"].split())
+        default = f'"{f.default}"' if isinstance(f.default, str) else f.default
+        assert f"{f.name} (" in doc and f"defaults to `{default}`): {help_text}" in doc, f.name
+        assert "benchmark" not in help_text, f"{f.name}'s help quotes a result that will go stale"
 
 
 def test_grpo_configs_own_checks_run_before_opos(tmp_path):

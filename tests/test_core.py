@@ -10,17 +10,15 @@ from hypothesis import strategies as st
 from opo_trl.core import (
     entropy_bonus,
     escort_drive,
-    escort_statistics,
-    group_advantages,
     opo_loss,
     opo_sequence_loss,
     per_token_kl,
-    ratio_statistics,
-    rollout_kl,
     sequence_log_prob,
     sequence_log_ratio,
     trust_region_mu,
 )
+from opo_trl.diagnostics import escort_statistics, ratio_statistics, rollout_kl
+from opo_trl.harness.testing import group_advantages
 
 
 def drive_from_rewards(rewards, num_generations, alpha, scale_rewards="none"):
@@ -346,10 +344,10 @@ def test_trust_region_mu_spends_exactly_the_budget():
     for target in (1e-3, 0.05, 2.0):
         mu = trust_region_mu(g, target)
         assert (g / mu).pow(2).mean().item() == pytest.approx(target, rel=1e-5)
-    # Invalid completions are left out of the mean; the clamps bind.
-    valid = torch.arange(32) % 2 == 0
-    mu = trust_region_mu(g, 0.05, valid=valid)
-    assert ((g[valid] / mu) ** 2).mean().item() == pytest.approx(0.05, rel=1e-5)
+    # Unscorable completions are left out of the mean; the clamps bind.
+    scorable = torch.arange(32) % 2 == 0
+    mu = trust_region_mu(g, 0.05, scorable=scorable)
+    assert ((g[scorable] / mu) ** 2).mean().item() == pytest.approx(0.05, rel=1e-5)
     assert trust_region_mu(g, 1e-12, mu_max=50.0).item() == 50.0
     assert trust_region_mu(torch.zeros(8), 0.05, mu_min=0.1).item() == pytest.approx(0.1)
 

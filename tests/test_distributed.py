@@ -61,7 +61,8 @@ def test_two_processes_match_one(tmp_path, tiny_model_path):
 
 @pytest.mark.multiprocess
 def test_full_escort_and_chosen_mu_do_not_depend_on_the_process_count(tmp_path, tiny_model_path):
-    from opo_trl.core import escort_drive, group_advantages, trust_region_mu
+    from opo_trl.core import escort_drive, trust_region_mu
+    from opo_trl.harness.testing import group_advantages
 
     overrides = {"escort_reference": "sum", "mu_target_chi2": 0.02, "mu_min": 1e-3, "mu_max": 1e3}
     one = run(1, tmp_path / "one", tiny_model_path, overrides)

@@ -1,5 +1,5 @@
-"""The README as a user reads it: every file it names exists, every `opo-trl` command it shows parses, and every
-extra its install lines name is in pyproject.toml."""
+"""The README as a user reads it: every file it names exists, every `opo-trl` command it shows parses, every extra its
+install lines name is in pyproject.toml, and its escort form of one's own registers and trains."""
 
 import re
 import shlex
@@ -111,3 +111,27 @@ def test_every_opo_trl_command_in_the_readme_parses(argv, monkeypatch, capsys):
 def test_commands_are_found():
     commands = {tuple(argv[:1]) for argv in opo_trl_commands()}
     assert {("train",), ("quickstart",), ("compare",), ("recipes",)} <= commands
+
+
+@pytest.mark.slow
+def test_the_own_escort_form_example_registers_and_trains(tmp_path, tiny_model_path):
+    from opo_trl.core import ESCORT_FORMS
+
+    section = README.split("### Your own escort form", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    # The tiny model, one step, on the CPU in float32 and without logging integrations.
+    for text, value in [
+        ('"HuggingFaceTB/SmolLM2-135M-Instruct"', repr(tiny_model_path)),
+        ('"smollm2-opo-linear"', repr(str(tmp_path))),
+        ("max_steps=10", 'max_steps=1, bf16=False, report_to="none"'),
+    ]:
+        assert text in code
+        code = code.replace(text, value)
+    namespace = {}
+    try:
+        exec(compile(code, "README.md", "exec"), namespace)
+        trainer = namespace["trainer"]
+        assert trainer.args.escort_form == "linear" and trainer.state.global_step == 1
+        assert any("opo/drive/abs_mean" in entry for entry in trainer.state.log_history)
+    finally:
+        ESCORT_FORMS.pop("linear", None)

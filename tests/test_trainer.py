@@ -11,7 +11,8 @@ from peft import LoraConfig
 from trl import GRPOConfig, GRPOTrainer
 
 from opo_trl import OPOConfig, OPOTrainer
-from opo_trl.core import escort_drive, group_advantages
+from opo_trl.core import escort_drive
+from opo_trl.harness.testing import group_advantages
 
 from .conftest import (
     changed,
@@ -53,7 +54,7 @@ def test_loss_on_hand_built_batch_equals_formula(tmp_path, tiny_model_path, prom
         "prompt_mask": torch.ones_like(prompt_ids),
         "completion_ids": completion_ids,
         "completion_mask": mask,
-        "advantages": drive,
+        "opo_drive": drive,
         "opo_mu": torch.full((4,), mu),
         "old_per_token_logps": old,
         "ref_per_token_logps": ref,
@@ -115,8 +116,11 @@ def test_drive_is_escort_of_weighted_rewards_with_missing_rewards_left_out(tmp_p
     assert rewards_per_func.shape == (8, 2) and torch.isnan(rewards_per_func[1::4, 1]).all()
     rewards = rewards_per_func[:, 0] + 0.5 * torch.nan_to_num(rewards_per_func[:, 1])
     expected = escort_drive(group_advantages(rewards, 4, "none"), 4, alpha=0.2).drive
-    torch.testing.assert_close(output["advantages"], expected)
-    torch.testing.assert_close(output["advantages"].view(2, 4).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
+    torch.testing.assert_close(output["opo_drive"], expected)
+    torch.testing.assert_close(output["opo_drive"].view(2, 4).sum(1), torch.zeros(2), atol=1e-5, rtol=0)
+    # "advantages" keeps what TRL put there: the centred rewards, from which the drive is computed.
+    torch.testing.assert_close(output["advantages"], group_advantages(rewards, 4, "none"))
+    assert output["opo_scorable"].tolist() == [True] * 8
 
 
 # -- training -------------------------------------------------------------------------------------------------
@@ -316,7 +320,7 @@ def test_private_trl_api_is_as_expected(tmp_path, tiny_model_path, prompt_datase
     # The completions table OPOTrainer writes its drive and Delta into.
     assert {"prompt", "advantages", "extra"} <= set(trainer._logs)
     assert hasattr(trainer, "vllm_importance_sampling_correction")
-    # The generation output carries per-process advantages that OPOTrainer replaces with the escort drive.
+    # The generation output carries TRL's per-process advantages, from which OPOTrainer computes its drive.
     trainer.model.train()
     output = trainer._generate_and_score_completions([{"prompt": "1+1="}] * 4)
     assert output["advantages"].shape == (4,)
@@ -344,18 +348,26 @@ def test_training_order_depends_on_the_seed_only(tmp_path, tiny_model_path):
 
 
 def input_keys(method):
-    """The keys a `_compute_loss` reads from its `inputs`, from its source (`MULTIMODAL_KEYS` stands for its keys)."""
+    """
+    The keys a `_compute_loss` reads from its `inputs`, from its source (`MULTIMODAL_KEYS` and `loss_mask(inputs)`
+    stand for the keys they read).
+    """
     import re
 
-    from opo_trl.trainer import MULTIMODAL_KEYS
+    from opo_trl.trainer import MULTIMODAL_KEYS, loss_mask
 
     source = inspect.getsource(method)
-    keys = set(re.findall(r"""inputs(?:\[|\.get\()["'](\w+)["']""", source))
-    return keys | set(MULTIMODAL_KEYS) if "in MULTIMODAL_KEYS" in source else keys
+    keys = set(re.findall(r"""(?:inputs|batch)(?:\[|\.get\()["'](\w+)["']""", source))
+    if "in MULTIMODAL_KEYS" in source:
+        keys |= set(MULTIMODAL_KEYS)
+    if "loss_mask(inputs)" in source:
+        keys |= input_keys(loss_mask)
+    return keys
 
 
 # Keys GRPOTrainer's loss reads that OPO's does not, each with the reason.
 NOT_READ_BY_OPO = {
+    "advantages": "TRL's advantages; OPO's loss reads the drive computed from them, opo_drive",
     "sampling_per_token_logps": "read only for off_policy_mask_threshold, which OPOConfig rejects",
     "num_items_in_batch": "the token-count normaliser of loss_type dapo/cispo/vespo; OPO averages over sequences",
 }
@@ -366,7 +378,8 @@ def test_opo_loss_reads_every_input_grpo_loss_reads():
     grpo, opo = input_keys(GRPOTrainer._compute_loss), input_keys(OPOTrainer._compute_loss)
     assert {"advantages", "pixel_values", "old_per_token_logps", "ref_per_token_logps"} <= grpo  # the parse works
     assert grpo - opo == set(NOT_READ_BY_OPO), f"GRPO's loss reads {sorted(grpo - opo - set(NOT_READ_BY_OPO))} too"
-    assert opo - grpo == {"opo_mu"}  # OPO's own: the rollout's mu, set in _generate_and_score_completions
+    # OPO's own, set in _generate_and_score_completions: the drive and the rollout's mu.
+    assert opo - grpo == {"opo_drive", "opo_mu"}
 
 
 # -- robustness: bad rewards, degenerate completions -------------------------------------------------------------
@@ -428,7 +441,7 @@ def test_pathological_rewards_keep_training_finite_and_groups_without_signal_get
 
     trainer.model.train()
     batch = [{"prompt": prompt} for prompt in SCENARIO for _ in range(4)]
-    drive = trainer._generate_and_score_completions(batch)["advantages"].view(len(SCENARIO), 4)
+    drive = trainer._generate_and_score_completions(batch)["opo_drive"].view(len(SCENARIO), 4)
     assert torch.isfinite(drive).all()
     for row, (prompt, rewards) in zip(drive, SCENARIO.items(), strict=True):
         missing = torch.tensor([r is None or math.isnan(r) for r in rewards])
@@ -471,7 +484,7 @@ def hand_batch(model, drive, mask, seed=0):
         "prompt_mask": torch.ones_like(prompt_ids),
         "completion_ids": completion_ids,
         "completion_mask": mask,
-        "advantages": drive,
+        "opo_drive": drive,
         "opo_mu": torch.ones_like(drive),
         # Off-policy old log-probs, so that Delta != 0 where there are tokens.
         "old_per_token_logps": -5.0 + 0.3 * torch.randn(mask.shape),
@@ -552,7 +565,7 @@ def test_escort_reference_uses_the_rollout_policy_log_probs(
     l = l / mask.sum(-1) if reference == "mean" else l
     rewards = trainer._opo_rewards_per_func[:, 0]
     expected = escort_drive(group_advantages(rewards, 4), 4, alpha=0.3, log_reference=l).drive
-    torch.testing.assert_close(output["advantages"], expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(output["opo_drive"], expected, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(expected, escort_drive(group_advantages(rewards, 4), 4, alpha=0.3).drive)
 
 
@@ -561,7 +574,7 @@ def test_mu_is_chosen_per_rollout_to_spend_the_budget(tmp_path, tiny_model_path,
     output = generate(trainer)
     mu = output["opo_mu"]
     assert torch.all(mu == mu[0]) and trainer._metrics["train"]["opo/mu"][-1] == pytest.approx(mu[0].item())
-    drive = output["advantages"]
+    drive = output["opo_drive"]
     assert ((drive / mu) ** 2).mean().item() == pytest.approx(0.01, rel=1e-4)
 
     # The loss uses the rollout's mu: -g Delta + (mu / 2) Delta^2 with that mu, per sequence.
@@ -585,7 +598,7 @@ def test_static_entropy_bonus_is_subtracted_beside_the_policy_term(tmp_path, tin
     prompt_ids, completion_ids = torch.randint(6, vocab, (4, 3)), torch.randint(6, vocab, (4, 5))
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
     inputs = {"prompt_ids": prompt_ids, "prompt_mask": torch.ones_like(prompt_ids), "completion_ids": completion_ids,
-              "completion_mask": mask, "advantages": torch.tensor([0.3, -0.1, -0.5, 0.3]),
+              "completion_mask": mask, "opo_drive": torch.tensor([0.3, -0.1, -0.5, 0.3]),
               "opo_mu": torch.full((4,), 2.0)}  # fmt: skip
     for trainer in (plain, bonus):
         trainer.model.train()

@@ -64,7 +64,7 @@ def test_importance_sampling_ratio_weights_each_sequence_loss(tmp_path, tiny_mod
     logps = hand_logps(model, inputs["prompt_ids"], inputs["completion_ids"])
     delta = ((logps - inputs["old_per_token_logps"]) * mask).sum(-1) / mask.sum(-1)
     weight = ratio.squeeze(-1) if ratio.size(-1) == 1 else (ratio * mask).sum(-1) / mask.sum(-1)
-    hand = (weight * (-inputs["advantages"] * delta + 0.5 * delta**2)).mean()
+    hand = (weight * (-inputs["opo_drive"] * delta + 0.5 * delta**2)).mean()
     (grad_hand,) = torch.autograd.grad(hand, model.model.embed_tokens.weight)
     assert not torch.allclose(weight, torch.ones_like(weight))  # the correction really is in play
     torch.testing.assert_close(grad, grad_hand, rtol=1e-4, atol=1e-8)

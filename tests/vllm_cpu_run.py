@@ -164,7 +164,7 @@ def main(algorithm: str, sync: str, workdir: str, precision: str = "fp32") -> No
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logps = hand_logps(model, inputs["prompt_ids"], inputs["completion_ids"])
             delta = ((logps - old) * mask).sum(-1) / mask.sum(-1)
-            hand = (weight * (-inputs["advantages"] * delta + 0.5 * delta**2)).mean()
+            hand = (weight * (-inputs["opo_drive"] * delta + 0.5 * delta**2)).mean()
             (grad_hand,) = torch.autograd.grad(hand, model.model.embed_tokens.weight)
             result["importance_sampling"][mode] = {
                 "weights": weight.tolist(),

@@ -7,13 +7,13 @@ all read this one table.
 
 from dataclasses import dataclass, field
 
-import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from ..config import OPOConfig
-from ..core import rollout_kl
+from ..core import masked_mean
+from ..diagnostics import rollout_kl
 from ..rollout_state import RolloutCheckpointMixin
-from ..trainer import OPOTrainer
+from ..trainer import OPOTrainer, loss_mask
 
 
 class BaselineTrainer(RolloutCheckpointMixin, GRPOTrainer):
@@ -39,10 +39,11 @@ class BaselineTrainer(RolloutCheckpointMixin, GRPOTrainer):
             logps = output[0]
             old = inputs.get("old_per_token_logps")
             kl = rollout_kl(logps, logps if old is None else old)
-            mask = inputs["completion_mask"] * inputs.get("tool_mask", 1)
-            totals = self.accelerator.reduce(torch.stack([(kl * mask).sum(), mask.sum().float()]), reduction="sum")
+            mean = masked_mean(
+                kl, loss_mask(inputs), sum_processes=lambda t: self.accelerator.reduce(t, reduction="sum")
+            )
             mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["rollout_kl"].append((totals[0] / totals[1].clamp(min=1.0)).item())
+            self._metrics[mode]["rollout_kl"].append(mean.item())
         return output
 
 

@@ -1,5 +1,9 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
-"""Tiny models and tokenizers built in code, for tests and smoke runs on machines without the model hub."""
+"""
+Tiny models and tokenizers built in code, for tests and smoke runs on machines without the model hub, and the reference
+advantage that tests and benchmarks compare OPO's drive against ([`group_advantages`], TRL's own advantage written
+out).
+"""
 
 import string
 from pathlib import Path
@@ -71,3 +75,47 @@ def model_path(name: str, workdir: str | Path) -> str:
 
         return resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     return name
+
+
+def group_advantages(rewards, num_generations: int, scale_rewards: str = "none", eps: float = 1e-4):
+    """
+    Centre rewards within each prompt group, NaN-aware, as `GRPOTrainer` does with `sum_then_normalize`.
+
+    Args:
+        rewards (`torch.Tensor`):
+            Flat tensor of shape `(num_groups * num_generations,)`; the completions of one prompt are consecutive.
+            `NaN` marks a completion no reward function could score: it is left out of the group statistics and its
+            advantage is `NaN`.
+        num_generations (`int`):
+            Completions per prompt (G).
+        scale_rewards (`str`, *optional*, defaults to `"none"`):
+            `"none"` only centres (the OPO paper); `"group"` divides by the group std, `"batch"` by the batch std.
+        eps (`float`, *optional*, defaults to `1e-4`):
+            Added to the std before dividing, as in TRL.
+
+    Returns:
+        `torch.Tensor`: Advantages, same shape as `rewards`.
+    """
+    import torch
+
+    from ..core import SCALE_REWARDS
+
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale_rewards!r}.")
+    grouped = rewards.view(-1, num_generations)
+    advantages = grouped - torch.nanmean(grouped, dim=1, keepdim=True)
+    if scale_rewards == "group":
+        advantages = advantages / (_nanstd(grouped, dim=1, keepdim=True) + eps)
+    elif scale_rewards == "batch":
+        advantages = advantages / (_nanstd(rewards.view(-1), dim=0, keepdim=True) + eps)
+    return advantages.reshape(rewards.shape)
+
+
+def _nanstd(x, dim: int, keepdim: bool = False):
+    import torch
+
+    # Bessel-corrected std over the non-NaN entries, like TRL's `nanstd`.
+    count = (~torch.isnan(x)).sum(dim=dim, keepdim=True)
+    var = torch.nanmean((x - torch.nanmean(x, dim=dim, keepdim=True)) ** 2, dim=dim, keepdim=True)
+    std = torch.sqrt(var * count / (count - 1).clamp(min=1))
+    return std if keepdim else std.squeeze(dim)

@@ -64,8 +64,8 @@ def main(out_dir, model_dir, overrides=None):
     def record(inputs):
         output = generate(inputs)
         seen["prompts"] = trainer.accelerator.gather_for_metrics([x["prompt"] for x in inputs])
-        seen["drive"] = trainer.accelerator.gather(output["advantages"]).tolist()
-        seen["local_drive"] = output["advantages"].tolist()
+        seen["drive"] = trainer.accelerator.gather(output["opo_drive"]).tolist()
+        seen["local_drive"] = output["opo_drive"].tolist()
         seen["rewards"] = trainer._opo_rewards_per_func[:, 0].tolist()
         seen["mu"] = trainer.accelerator.gather(output["opo_mu"]).tolist()
         return output
@@ -75,15 +75,15 @@ def main(out_dir, model_dir, overrides=None):
         # The drive of every completion after the softmax mixture's refresh, in global row order.
         chunks = trainer._buffered_inputs
         local = torch.stack(
-            [torch.cat([c["opo_row"].float() for c in chunks]), torch.cat([c["advantages"] for c in chunks])], 1
+            [torch.cat([c["opo_row"].float() for c in chunks]), torch.cat([c["opo_drive"] for c in chunks])], 1
         )
         rows, drive = trainer.accelerator.gather(local).unbind(1)
         seen["refreshed_drive"] = drive[rows.argsort()].tolist()
 
-    refresh = trainer._refresh_mixture_drive
+    refresh = trainer._refresh_drive
     trainer._generate_and_score_completions = record
     trainer._rollout_logps = record_reference
-    trainer._refresh_mixture_drive = record_refresh
+    trainer._refresh_drive = record_refresh
     trainer.train()
     if trainer.accelerator.is_main_process:
         params = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
