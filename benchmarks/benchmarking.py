@@ -357,6 +357,14 @@ def reuse_figures(record: RunRecord, k: int, completions_per_rollout: int) -> di
     }
 
 
+def median_cell(values: Iterable[float | None], digits: int = 3) -> str:
+    """A table cell: the median of the values that are not `None` (a figure over seeds), or "n/a"."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    return "n/a" if not values else f"{statistics.median(values):.{digits}f}"
+
+
 COMPARISON_COLUMNS = (
     "seeds | difference [95% CI] | p | sign-flip p | detectable (80% power) | verdict | Holm",
     "---|---|---|---|---|---|---",
@@ -395,6 +403,32 @@ def comparison_table(rows: list[tuple[tuple[str, ...], stats.Estimate | None]], 
     m = sum(e is not None for e in adjusted)
     lines += ["", f"{m} comparison{'s' if m != 1 else ''} in this table; Holm: the verdicts adjusted over them."]
     return "\n".join(lines) + "\n"
+
+
+def plot_against_k(curves: dict, path, ks, ylabel: str) -> None:
+    """A figure against K (`curves`: name -> [(K, `stats.Estimate`)]), one line per name with its 95% interval as a
+    band, log-scaled K with `ks` labelled; nothing without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        xs = [k for k, _ in points]
+        ax.plot(xs, [e.mean for _, e in points], marker="o", label=name)
+        ax.fill_between(xs, [e.low for _, e in points], [e.high for _, e in points], alpha=0.15)
+    ax.set(xscale="log", xlabel="optimizer steps per rollout (K)", ylabel=ylabel)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the K values are labelled
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 STATISTICS_NOTE = (

@@ -22,7 +22,6 @@ between), and `max_steps = ROLLOUTS * K` keeps the number of generated completio
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import benchmarking
@@ -163,7 +162,6 @@ def report(max_completion_length: int) -> str:
     """The tables of the finished grid runs (pass@1 per K and algorithm, OPO minus each baseline per K, what reuse did
     to each algorithm, what reuse did to training) and the plot of pass@1 against K, into `DOCS`; returns the
     markdown."""
-    import statistics
 
     records = {}
     for run, record in benchmarking.load_records(runs(max_completion_length)).items():
@@ -171,9 +169,7 @@ def report(max_completion_length: int) -> str:
         records.setdefault((name, int(k)), []).append(record)
     names = [n for n in [*ALGORITHMS, *EXTRA_AT_LARGEST_K] if any(key[0] == n for key in records)]
 
-    def spread(values, digits=3):
-        values = [v for v in values if v is not None]
-        return "n/a" if not values else f"{statistics.median(values):.{digits}f}"
+    spread = benchmarking.median_cell
 
     lines = [
         "| K | algorithm | seeds | held-out pass@1 [95% CI] | greedy [95% CI] | gain per 1k generated tokens | gain per "
@@ -239,27 +235,7 @@ def report(max_completion_length: int) -> str:
 
 def plot_reuse(curves: dict, path) -> None:
     """Held-out pass@1 against K, one line per algorithm with its 95% interval as a band."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curves.items():
-        ks = [k for k, _ in points]
-        ax.plot(ks, [e.mean for _, e in points], marker="o", label=name)
-        ax.fill_between(ks, [e.low for _, e in points], [e.high for _, e in points], alpha=0.15)
-    ax.set(xscale="log", xlabel="optimizer steps per rollout (K)", ylabel=f"held-out pass@1 after {ROLLOUTS} rollouts")
-    ax.set_xticks(K_VALUES, [str(k) for k in K_VALUES])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the K values are labelled
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    benchmarking.plot_against_k(curves, path, K_VALUES, f"held-out pass@1 after {ROLLOUTS} rollouts")
 
 
 def truncated_fractions(completion_lengths: list[int], ended: list[bool], budgets=BUDGETS) -> dict[int, float]:

@@ -258,20 +258,26 @@ def test_algorithms_across_tasks_variant_mechanics_counts_tied_rollouts_and_thei
     assert "| too few steps | too few steps |" in row
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 2, 4])
-@pytest.mark.parametrize("algorithm", ["opo", "grpo"])
-def test_rollout_reuse_serves_k_optimizer_steps_per_rollout(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
+def train_counting_rollouts(tmp_path, model_path, dataset, algorithm, settings):
+    """Train the tiny model with a benchmark's reuse `settings`; the trainer and the size of each rollout generated."""
     from .conftest import make_trainer
 
-    bench = load_script("rollout_reuse")
-    settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of the grid's 12
-    settings.pop("heldout_eval_steps")  # a script argument, not a trainer one
-    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, algorithm=algorithm, **settings)
+    settings = {key: value for key, value in settings.items() if key != "heldout_eval_steps"}  # a script argument
+    trainer = make_trainer(tmp_path, model_path, dataset, algorithm=algorithm, **settings)
     generated = []
     generate = trainer._generate_and_score_completions
     trainer._generate_and_score_completions = lambda inputs: generated.append(len(inputs)) or generate(inputs)
     trainer.train()
+    return trainer, generated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("algorithm", ["opo", "grpo"])
+def test_rollout_reuse_serves_k_optimizer_steps_per_rollout(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
+    bench = load_script("rollout_reuse")
+    settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of the grid's 12
+    trainer, generated = train_counting_rollouts(tmp_path, tiny_model_path, prompt_dataset, algorithm, settings)
 
     # 2 rollouts of 2 prompts x 6 completions, each used for k optimizer steps on the whole rollout.
     assert generated == [12, 12] and trainer.state.global_step == 2 * k
