@@ -12,9 +12,14 @@ What a benchmark of training runs needs, shared by `algorithms_across_tasks.py` 
   others of that seed reuse its evaluation of the initial model), and with `--commit` commits each run's raw files
   as it finishes;
 - loading: `load_records` reads the finished runs back as `opo_trl.harness.compare.RunRecord`s;
+- costing: `step_costs` reads a finished run's seconds per generating and per reusing step, per evaluated sequence
+  and of overhead; `minutes_per_run` prices a planned run from them; `planned_detectable` is the smallest difference
+  a planned number of seeds will detect, from a pilot's spread of per-seed differences;
 - reporting: `accuracy_cell` and `comparison_table`, the seed-level statistics of `opo_trl.harness.stats` (t-intervals
   over seeds and problems, the sign-flip p-value over seeds, the smallest difference each comparison could have
-  detected, verdicts, and Holm's adjustment over the comparisons of a table).
+  detected, verdicts, and Holm's adjustment over the comparisons of a table); `reuse_figures`, what reusing a rollout
+  for K optimizer steps did to a run (KL to the rollout policy, clip fraction, OPO's share of its closed-form step and
+  equilibrium gap, zero-gradient steps, completion length, entropy).
 
 The scripts import it as a sibling module (`python benchmarks/<script>.py` puts `benchmarks/` on the path).
 """
@@ -195,6 +200,64 @@ def add_run_arguments(parser: argparse.ArgumentParser, work_dir: Path) -> None:
     parser.add_argument("--commit", action="store_true", help="Commit each finished run's raw files.")
 
 
+# Costing.
+
+
+def step_costs(files: RunFiles) -> dict:
+    """
+    A finished run's costs, from its raw files: the median seconds of a step that generates a rollout (the first left
+    out: it pays for warm-up) and of one that reuses it, the seconds per evaluated sequence (sampled and greedy), the
+    overhead (wall time less the steps and the evaluations: imports, data, model load, writing), and the rollouts'
+    rewards; also the sampling log-prob difference a vLLM run logs.
+    """
+    import statistics
+
+    steps = [e for e in files.read_metrics() if "step_time" in e]
+    generating = [e["step_time"] for e in steps if "reward" in e]
+    reusing = [e["step_time"] for e in steps if "reward" not in e]
+    evaluations = files.read_heldout()
+    sequences = sum(e.problems * (len(e.sampled[0]) + (e.greedy is not None)) for e in evaluations)
+    evaluation_seconds = sum(e.seconds or 0.0 for e in evaluations)
+    wall = files.read_summary().wall_seconds
+    generate = statistics.median(generating[1:] or generating)
+    reuse = statistics.median(reusing) if reusing else 0.0
+    return {
+        "rollout_rewards": [e["reward"] for e in steps if "reward" in e],
+        "seconds_generating_step": generate,
+        "seconds_reusing_step": reuse,
+        "seconds_per_rollout": generate - reuse,
+        "eval_seconds_per_sequence": evaluation_seconds / sequences if sequences else 0.0,
+        "overhead_seconds": None if wall is None else wall - sum(e["step_time"] for e in steps) - evaluation_seconds,
+        "wall_seconds": wall,
+        "sampling_logp_difference": [e[k] for e in steps for k in e if k == "sampling/sampling_logp_difference/mean"],
+    }
+
+
+def minutes_per_run(costs: dict, k: int, rollouts: int, heldout_sequences: int, evaluate_before: bool,
+                    setup_seconds: float = 60.0) -> float:  # fmt: skip
+    """
+    Wall minutes of a run of `rollouts` rollouts, each serving `k` optimizer steps, from another run's `step_costs`
+    at the same rollout size and jobs at a time: its steps, its evaluations (the initial model's too when
+    `evaluate_before`) and `setup_seconds`.
+    """
+    training = rollouts * (costs["seconds_generating_step"] + (k - 1) * costs["seconds_reusing_step"])
+    evaluations = (2 if evaluate_before else 1) * heldout_sequences * costs["eval_seconds_per_sequence"]
+    return (setup_seconds + training + evaluations) / 60
+
+
+def planned_detectable(seed_sd: float, seeds: int, level: float = stats.LEVEL, power: float = stats.POWER) -> float:
+    """
+    The smallest true difference a paired comparison over `seeds` seeds will detect with `power` at the two-sided
+    `level`, when its per-seed differences spread with standard deviation `seed_sd` (measured in a pilot):
+    `(t_{(1 + level) / 2, S - 1} + t_{power, S - 1}) * seed_sd / sqrt(S)`, the seed-level t of `stats` before any run.
+    Each per-seed difference is a mean over the same problems, so their spread already holds the problems' noise.
+    """
+    if seeds < 2:
+        raise ValueError("a planned comparison needs at least 2 seeds.")
+    t = stats.t_quantile((1 + level) / 2, seeds - 1) + stats.t_quantile(power, seeds - 1)
+    return float(t) * seed_sd / seeds**0.5
+
+
 def load_records(runs: Iterable[Run]) -> dict[Run, RunRecord]:
     """The finished runs of `runs`, read back from their raw files, named as the tables name them."""
     return {r: load_run(r.docs_dir, r.name, r.seed) for r in runs if r.done}
@@ -221,6 +284,85 @@ def paired_on_common_seeds(ours: list[RunRecord], theirs: list[RunRecord], **kwa
     if not seeds or a is None or b is None or a.shape != b.shape:
         return None
     return stats.paired_difference(a, b, **kwargs)
+
+
+def zero_gradient_reuse_steps(record: RunRecord) -> tuple[int, int]:
+    """
+    The reuse steps (an optimizer step on a rollout generated at an earlier step: one that logs no reward) whose
+    gradient was exactly zero although their rollout had a learning signal, and how many reuse steps had one: where a
+    ratio clip cut the whole step off. (`RunRecord.zero_gradient_steps` counts the generating steps too, where every
+    ratio is 1 and no clip binds.)
+    """
+    zero = signal = 0
+    no_signal = 1.0
+    for entry in record.steps:
+        no_signal = entry.get("frac_reward_zero_std", no_signal)
+        if "grad_norm" in entry and "reward" not in entry and no_signal < 1.0:
+            signal += 1
+            zero += entry["grad_norm"] == 0
+    return zero, signal
+
+
+def reuse_figures(record: RunRecord, k: int, completions_per_rollout: int) -> dict:
+    """
+    What one finished run with rollouts reused for `k` optimizer steps did (`record`: a `compare.RunRecord`): its
+    accuracy gain per thousand generated completion tokens and per minute of training, and, at the last optimizer step
+    of each rollout with a signal (where reuse has gone furthest), the median clipped fraction, KL from the rollout
+    policy, how much of its closed-form step OPO has taken (mean |Delta| / mean |g / mu|) and OPO's equilibrium gap
+    (mean |mu Delta - g| / mean |g|); the zero-gradient steps with a signal (all, and the reuse steps alone); the
+    entropy over the last quarter of the steps; the mean completion length of the first rollout and of the last
+    quarter of the rollouts; OPO's mu, median over the rollouts with a signal (it varies with `mu_target_chi2`).
+    """
+    import statistics
+
+    steps = record.steps
+    generating = [e for e in steps if "reward" in e]
+    tokens = sum(e["completions/mean_length"] * completions_per_rollout for e in generating)
+    seconds = sum(e.get("step_time", 0.0) for e in steps)
+    summary = record.summary
+    gain = summary.heldout_accuracy_after - summary.heldout_accuracy_before
+    # The last reuse of each rollout that carried a signal (not every group tied): a rollout without one moves nothing,
+    # so its ratios stay 1 and would only pull the medians to 0.
+    with_signal = [e for e in generating if e.get("frac_reward_zero_std", 0.0) < 1.0]
+    signal = {e["step"] + k - 1 for e in with_signal}
+    last = [e for e in steps if e["step"] in signal and "grad_norm" in e]
+    mu, mus = None, {}  # OPO logs its mu when it generates a rollout; it holds for the rollout's steps
+    for e in steps:
+        mu = e.get("opo/mu", mu)
+        mus[e["step"]] = mu
+
+    def median(values):
+        values = [v for v in values if v is not None]
+        return statistics.median(values) if values else None
+
+    fractions = [e["opo/step/abs_mean"] / e["opo/closed_form_step/abs_mean"] for e in last
+                 if e.get("opo/closed_form_step/abs_mean")]  # fmt: skip
+    gaps = [e["opo/equilibrium_gap"] / (mus[e["step"]] * e["opo/closed_form_step/abs_mean"]) for e in last
+            if e.get("opo/closed_form_step/abs_mean") and "opo/equilibrium_gap" in e and mus[e["step"]]]  # fmt: skip
+    quarter = [e for e in steps if "entropy" in e][-max(1, len(steps) // 4) :]
+    lengths = [e["completions/mean_length"] for e in generating if "completions/mean_length" in e]
+    return {
+        "gain_per_1k_tokens": 1000 * gain / tokens if tokens else None,
+        "gain_per_minute": 60 * gain / seconds if seconds else None,
+        "clip_fraction": median(e.get("clip_ratio/region_mean") for e in last),
+        "rollout_kl": median(e.get("rollout_kl") for e in last),
+        "closed_form_fraction": median(fractions),
+        "equilibrium_gap": median(gaps),
+        "zero_gradient_steps": record.zero_gradient_steps(),
+        "zero_gradient_reuse_steps": zero_gradient_reuse_steps(record),
+        "entropy_late": statistics.fmean(e["entropy"] for e in quarter) if quarter else None,
+        "length_first": lengths[0] if lengths else None,
+        "length_late": statistics.fmean(lengths[-max(1, len(lengths) // 4) :]) if lengths else None,
+        "mu": median(e.get("opo/mu") for e in with_signal),
+    }
+
+
+def median_cell(values: Iterable[float | None], digits: int = 3) -> str:
+    """A table cell: the median of the values that are not `None` (a figure over seeds), or "n/a"."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    return "n/a" if not values else f"{statistics.median(values):.{digits}f}"
 
 
 COMPARISON_COLUMNS = (
@@ -261,6 +403,32 @@ def comparison_table(rows: list[tuple[tuple[str, ...], stats.Estimate | None]], 
     m = sum(e is not None for e in adjusted)
     lines += ["", f"{m} comparison{'s' if m != 1 else ''} in this table; Holm: the verdicts adjusted over them."]
     return "\n".join(lines) + "\n"
+
+
+def plot_against_k(curves: dict, path, ks, ylabel: str) -> None:
+    """A figure against K (`curves`: name -> [(K, `stats.Estimate`)]), one line per name with its 95% interval as a
+    band, log-scaled K with `ks` labelled; nothing without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in curves.items():
+        xs = [k for k, _ in points]
+        ax.plot(xs, [e.mean for _, e in points], marker="o", label=name)
+        ax.fill_between(xs, [e.low for _, e in points], [e.high for _, e in points], alpha=0.15)
+    ax.set(xscale="log", xlabel="optimizer steps per rollout (K)", ylabel=ylabel)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the K values are labelled
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 STATISTICS_NOTE = (

@@ -22,7 +22,6 @@ between), and `max_steps = ROLLOUTS * K` keeps the number of generated completio
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import benchmarking
@@ -124,32 +123,13 @@ def pilot_runs(max_completion_length: int) -> list[Run]:
 
 
 def pilot_figures(files) -> dict:
-    """A pilot run's rollout rewards and costs, from its raw files (`runfiles.RunFiles`)."""
-    import statistics
-
-    steps = [e for e in files.read_metrics() if "step_time" in e]
-    generating = [e["step_time"] for e in steps if "reward" in e][1:]  # the first pays for warm-up
-    reusing = [e["step_time"] for e in steps if "reward" not in e]
-    evaluations = files.read_heldout()
-    sequences = sum(e.problems * (len(e.sampled[0]) + (e.greedy is not None)) for e in evaluations)
-    summary = files.read_summary()
-    return {
-        "rollout_rewards": [e["reward"] for e in steps if "reward" in e],
-        "seconds_generating_step": statistics.median(generating),
-        "seconds_reusing_step": statistics.median(reusing),
-        "seconds_per_rollout": statistics.median(generating) - statistics.median(reusing),
-        "eval_seconds_per_sequence": sum(e.seconds for e in evaluations) / sequences,
-        "wall_seconds": summary.wall_seconds,
-        "sampling_logp_difference": [e[k] for e in steps for k in e if k == "sampling/sampling_logp_difference/mean"],
-    }
+    """A pilot run's rollout rewards and costs, from its raw files (`runfiles.RunFiles`): `benchmarking.step_costs`."""
+    return benchmarking.step_costs(files)
 
 
 def minutes_per_run(figures: dict, k: int, heldout_sequences: int, evaluate_before: bool) -> float:
-    """Wall minutes of one grid run at reuse `k`, from a pilot run's figures (same jobs at a time)."""
-    rollouts = ROLLOUTS * (figures["seconds_generating_step"] + (k - 1) * figures["seconds_reusing_step"])
-    evaluations = (2 if evaluate_before else 1) * heldout_sequences * figures["eval_seconds_per_sequence"]
-    setup = 60.0  # imports, data, model (and engine) load
-    return (setup + rollouts + evaluations) / 60
+    """Wall minutes of one grid run at reuse `k`, from a pilot run's figures (same jobs at a time), 60 s of setup."""
+    return benchmarking.minutes_per_run(figures, k, ROLLOUTS, heldout_sequences, evaluate_before)
 
 
 def plan(max_completion_length: int, jobs: int) -> dict:
@@ -174,52 +154,14 @@ def plan(max_completion_length: int, jobs: int) -> dict:
 
 
 def run_figures(record, k: int) -> dict:
-    """
-    What one finished grid run did (`record`: a `compare.RunRecord`): its accuracy gain per thousand generated
-    completion tokens and per minute of training, and, at the last optimizer step of each rollout with a signal
-    (where reuse has gone furthest), the median clipped fraction, KL from the rollout policy and how much of its
-    closed-form step OPO has taken; the zero-gradient steps with a signal; the entropy over the last quarter of the
-    steps.
-    """
-    import statistics
-
-    steps = record.steps
-    generating = [e for e in steps if "reward" in e]
-    tokens = sum(e["completions/mean_length"] * PROMPTS_PER_ROLLOUT * G for e in generating)
-    seconds = sum(e.get("step_time", 0.0) for e in steps)
-    summary = record.summary
-    gain = summary.heldout_accuracy_after - summary.heldout_accuracy_before
-    # The last reuse of each rollout that carried a signal (not every group tied): a rollout without one moves nothing,
-    # so its ratios stay 1 and would only pull the medians to 0.
-    signal = {e["step"] + k - 1 for e in generating if e.get("frac_reward_zero_std", 0.0) < 1.0}
-    last = [e for e in steps if e["step"] in signal and "grad_norm" in e]
-
-    def median(key, of=last):
-        values = [e[key] for e in of if e.get(key) is not None]
-        return statistics.median(values) if values else None
-
-    fractions = [
-        e["opo/step/abs_mean"] / e["opo/closed_form_step/abs_mean"]
-        for e in last
-        if e.get("opo/closed_form_step/abs_mean")
-    ]
-    quarter = [e for e in steps if "entropy" in e][-max(1, len(steps) // 4) :]
-    return {
-        "gain_per_1k_tokens": 1000 * gain / tokens if tokens else None,
-        "gain_per_minute": 60 * gain / seconds if seconds else None,
-        "clip_fraction": median("clip_ratio/region_mean"),
-        "rollout_kl": median("rollout_kl"),
-        "closed_form_fraction": statistics.median(fractions) if fractions else None,
-        "zero_gradient_steps": record.zero_gradient_steps(),
-        "entropy_late": statistics.fmean(e["entropy"] for e in quarter) if quarter else None,
-    }
+    """What one finished grid run did (`record`: a `compare.RunRecord`): `benchmarking.reuse_figures`."""
+    return benchmarking.reuse_figures(record, k, PROMPTS_PER_ROLLOUT * G)
 
 
 def report(max_completion_length: int) -> str:
     """The tables of the finished grid runs (pass@1 per K and algorithm, OPO minus each baseline per K, what reuse did
     to each algorithm, what reuse did to training) and the plot of pass@1 against K, into `DOCS`; returns the
     markdown."""
-    import statistics
 
     records = {}
     for run, record in benchmarking.load_records(runs(max_completion_length)).items():
@@ -227,9 +169,7 @@ def report(max_completion_length: int) -> str:
         records.setdefault((name, int(k)), []).append(record)
     names = [n for n in [*ALGORITHMS, *EXTRA_AT_LARGEST_K] if any(key[0] == n for key in records)]
 
-    def spread(values, digits=3):
-        values = [v for v in values if v is not None]
-        return "n/a" if not values else f"{statistics.median(values):.{digits}f}"
+    spread = benchmarking.median_cell
 
     lines = [
         "| K | algorithm | seeds | held-out pass@1 [95% CI] | greedy [95% CI] | gain per 1k generated tokens | gain per "
@@ -295,27 +235,7 @@ def report(max_completion_length: int) -> str:
 
 def plot_reuse(curves: dict, path) -> None:
     """Held-out pass@1 against K, one line per algorithm with its 95% interval as a band."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib not installed: no plot", file=sys.stderr)
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in curves.items():
-        ks = [k for k, _ in points]
-        ax.plot(ks, [e.mean for _, e in points], marker="o", label=name)
-        ax.fill_between(ks, [e.low for _, e in points], [e.high for _, e in points], alpha=0.15)
-    ax.set(xscale="log", xlabel="optimizer steps per rollout (K)", ylabel=f"held-out pass@1 after {ROLLOUTS} rollouts")
-    ax.set_xticks(K_VALUES, [str(k) for k in K_VALUES])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the K values are labelled
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    benchmarking.plot_against_k(curves, path, K_VALUES, f"held-out pass@1 after {ROLLOUTS} rollouts")
 
 
 def truncated_fractions(completion_lengths: list[int], ended: list[bool], budgets=BUDGETS) -> dict[int, float]:

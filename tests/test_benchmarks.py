@@ -258,20 +258,26 @@ def test_algorithms_across_tasks_variant_mechanics_counts_tied_rollouts_and_thei
     assert "| too few steps | too few steps |" in row
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 2, 4])
-@pytest.mark.parametrize("algorithm", ["opo", "grpo"])
-def test_rollout_reuse_serves_k_optimizer_steps_per_rollout(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
+def train_counting_rollouts(tmp_path, model_path, dataset, algorithm, settings):
+    """Train the tiny model with a benchmark's reuse `settings`; the trainer and the size of each rollout generated."""
     from .conftest import make_trainer
 
-    bench = load_script("rollout_reuse")
-    settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of the grid's 12
-    settings.pop("heldout_eval_steps")  # a script argument, not a trainer one
-    trainer = make_trainer(tmp_path, tiny_model_path, prompt_dataset, algorithm=algorithm, **settings)
+    settings = {key: value for key, value in settings.items() if key != "heldout_eval_steps"}  # a script argument
+    trainer = make_trainer(tmp_path, model_path, dataset, algorithm=algorithm, **settings)
     generated = []
     generate = trainer._generate_and_score_completions
     trainer._generate_and_score_completions = lambda inputs: generated.append(len(inputs)) or generate(inputs)
     trainer.train()
+    return trainer, generated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [1, 2, 4])
+@pytest.mark.parametrize("algorithm", ["opo", "grpo"])
+def test_rollout_reuse_serves_k_optimizer_steps_per_rollout(tmp_path, tiny_model_path, prompt_dataset, k, algorithm):
+    bench = load_script("rollout_reuse")
+    settings = {**bench.reuse_overrides(k, 8), "max_steps": 2 * k}  # 2 rollouts instead of the grid's 12
+    trainer, generated = train_counting_rollouts(tmp_path, tiny_model_path, prompt_dataset, algorithm, settings)
 
     # 2 rollouts of 2 prompts x 6 completions, each used for k optimizer steps on the whole rollout.
     assert generated == [12, 12] and trainer.state.global_step == 2 * k
@@ -484,3 +490,59 @@ def test_the_old_command_lines_run_the_renamed_benchmarks(old, phases):
         [sys.executable, str(BENCHMARKS / f"{old}.py"), "--help"], capture_output=True, text=True, check=True
     ).stdout
     assert printed.startswith(f"usage: {old}.py") and phases in printed
+
+
+def test_planned_detectable_difference_by_hand():
+    # 8 seeds, per-seed differences spread 0.09: t_{0.975, 7} = 2.3646, t_{0.80, 7} = 0.8960; 3.2606 x 0.09 / sqrt(8).
+    assert benchmarking.planned_detectable(0.09, 8) == pytest.approx(3.2606 * 0.09 / 8**0.5, abs=1e-4)
+    assert benchmarking.planned_detectable(0.09, 8) == pytest.approx(0.1037, abs=1e-4)
+    # More seeds detect less: 16 seeds, t_{0.975, 15} = 2.1314, t_{0.80, 15} = 0.8662.
+    assert benchmarking.planned_detectable(0.09, 16) == pytest.approx(2.9976 * 0.09 / 4, abs=1e-4)
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        benchmarking.planned_detectable(0.09, 1)
+
+
+def test_reuse_figures_equilibrium_gap_lengths_mu_and_zero_gradient_reuse_steps():
+    from opo_trl.harness.compare import RunRecord
+    from opo_trl.harness.runfiles import RunSummary
+
+    # K = 2, rollouts at steps 1, 3, 5 with mu 0.5, 2, 1 (chosen per rollout); the rollout of step 5 had no signal.
+    steps = []
+    for t in range(1, 7):
+        entry = {"step": t, "grad_norm": 0.0 if t == 4 else 1.0, "entropy": 0.5, "rollout_kl": 0.0,
+                 "opo/step/abs_mean": 0.1, "opo/closed_form_step/abs_mean": 0.2, "opo/equilibrium_gap": 0.3}  # fmt: skip
+        if t % 2:
+            entry |= {"reward": 0.5, "completions/mean_length": float(t), "opo/mu": {1: 0.5, 3: 2.0, 5: 1.0}[t],
+                      "frac_reward_zero_std": 1.0 if t == 5 else 0.5}  # fmt: skip
+        steps.append(entry)
+    summary = RunSummary("opo", 0, heldout_accuracy_before=0.1, heldout_accuracy_after=0.2)
+    figures = benchmarking.reuse_figures(RunRecord("opo", 0, summary, steps, []), 2, 48)
+    # Last reuses with a signal: steps 2 (mu 0.5) and 4 (mu 2): gap 0.3 / (mu x 0.2) = 3.0 and 0.75, median 1.875.
+    assert figures["equilibrium_gap"] == pytest.approx(1.875) and figures["closed_form_fraction"] == pytest.approx(0.5)
+    # Zero gradient at step 4, a reuse step with a signal; steps 1-4 have one (2 of them reuses), 5 and 6 do not.
+    assert figures["zero_gradient_steps"] == (1, 4) and figures["zero_gradient_reuse_steps"] == (1, 2)
+    # Lengths 1, 3, 5 at the three rollouts: the first 1, the last quarter (one rollout) 5; mu over signal rollouts.
+    assert (figures["length_first"], figures["length_late"]) == (1.0, 5.0) and figures["mu"] == pytest.approx(1.25)
+    # 3 rollouts x 48 completions x (1 + 3 + 5) / 3 tokens = 432 tokens for a gain of 0.1.
+    assert figures["gain_per_1k_tokens"] == pytest.approx(100 / 432)
+
+
+def test_step_costs_overhead_and_minutes_per_run(tmp_path):
+    from opo_trl.harness.runfiles import HeldoutRecord, RunFiles, RunSummary
+
+    files = RunFiles(tmp_path)
+    # K = 2: generating steps take 10, 20, 20 s (the first is warm-up), reusing steps 5 s each.
+    files.write_metrics(
+        [
+            {"step": t, "step_time": {1: 10.0, 3: 20.0, 5: 20.0}.get(t, 5.0)} | ({"reward": 0.0} if t % 2 else {})
+            for t in range(1, 7)
+        ]  # fmt: skip
+    )
+    files.start_heldout()
+    files.append_heldout(HeldoutRecord(0, 10, "f", 30.0, [[0.0, 1.0]] * 10, [0.0] * 10))  # 30 sequences in 30 s
+    files.write_summary(RunSummary("opo", 0, wall_seconds=200.0))
+    costs = benchmarking.step_costs(files)
+    # 200 s of wall less 65 s of steps and 30 s of evaluation.
+    assert costs["overhead_seconds"] == pytest.approx(105.0) and costs["eval_seconds_per_sequence"] == 1.0
+    # 10 rollouts at K = 4: 10 x (20 + 3 x 5) s, 100 sequences evaluated twice, 105 s setup.
+    assert benchmarking.minutes_per_run(costs, 4, 10, 100, True, setup_seconds=105.0) == pytest.approx(655 / 60)
