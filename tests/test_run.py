@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,3 +288,22 @@ def test_push_to_hub_at_the_end_names_the_dataset(tmp_path, tiny_model_path, mon
     # save_model pushes the weights as it always does with push_to_hub; then the job pushes once more, as trl grpo
     # does, with the dataset name for the model card.
     assert pushed[-1] == {"dataset_name": "arithmetic"}
+
+
+def test_only_a_run_that_generated_with_vllm_skips_the_teardown(monkeypatch):
+    """vLLM imported in this process (a test did it) is no reason to end it; a run that generated with vLLM is."""
+    import atexit
+    import os
+    import types
+
+    from opo_trl.harness.run import exit_launched_process
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)
+    monkeypatch.setitem(sys.modules, "vllm", types.ModuleType("vllm"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    exit_launched_process()
+    assert exits == []
+    exit_launched_process(ran_vllm=True)
+    assert exits == [0]

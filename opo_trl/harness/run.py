@@ -168,10 +168,11 @@ def _quantization_config(model_args, training_args):
     return get_quantization_config(model_args)
 
 
-def exit_launched_process() -> None:
+def exit_launched_process(ran_vllm: bool = False) -> None:
     """
-    End a process started by `accelerate launch` or torchrun, or one that ran a vLLM engine, once its job is done,
-    without the interpreter's teardown. Does nothing in a single process without vLLM.
+    End a process started by `accelerate launch` or torchrun, or one whose run generated with vLLM (`ran_vllm`), once
+    its job is done, without the interpreter's teardown. Does nothing in a single process whose run did not use vLLM
+    (vLLM merely imported, as by a test, is not enough: the process goes on).
 
     vLLM imports triton, whose nanobind bindings print about 30 lines of "nanobind: leaked ..." at teardown, after the
     run's summary: the last screen of a run should be its summary.
@@ -183,7 +184,7 @@ def exit_launched_process() -> None:
     exception") after its run had finished and written everything. The exit handlers still run; only that teardown is
     skipped.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "vllm" not in sys.modules:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 and not ran_vllm:
         return
     import atexit
 
@@ -222,4 +223,5 @@ if __name__ == "__main__":
     except KeyboardInterrupt:
         # A launched process: the `opo-trl` process that launched it says where the run stands.
         sys.exit(130)
-    exit_launched_process()
+    # A process of its own whose only job was this run: if it imported vLLM, the run generated with it.
+    exit_launched_process(ran_vllm="vllm" in sys.modules)
