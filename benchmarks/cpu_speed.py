@@ -106,7 +106,7 @@ def load(config: str, seed: int) -> dict | None:
     from opo_trl.harness.runfiles import RunFiles
 
     files = RunFiles(run_dir(config, seed))
-    if not files.finished():
+    if not files.finished:
         return None
     heldout = [r for r in files.read_heldout() if r.full]
     metrics = files.read_metrics()
