@@ -174,7 +174,7 @@ FIELD_EFFECTS = {
     "operations": "data", "math_levels": "data", "ignore_bias_buffers": "trainer", "heldout_eval": "heldout",
     "heldout_split": "heldout", "heldout_max_samples": "heldout", "heldout_num_samples": "heldout",
     "heldout_greedy": "heldout", "heldout_eval_steps": "heldout", "heldout_interim_max_samples": "heldout",
-    "heldout_before_from": "heldout",
+    "heldout_before_from": "heldout", "heldout_batch_size": "heldout",
 }  # fmt: skip
 
 
@@ -229,6 +229,13 @@ def test_heldout_arguments_without_heldout_eval_are_rejected(tmp_path, name):
     path = write_recipe(tmp_path, tiny_recipe(tmp_path, str(tmp_path / "never-loaded"), **{name: value}))
     with pytest.raises(ValueError, match=f"{name} only apply with heldout_eval: true"):
         main(["--config", path])
+
+
+def test_heldout_batch_size_must_be_positive():
+    from opo_trl.harness.arguments import OPOScriptArguments
+
+    with pytest.raises(ValueError, match="heldout_batch_size must be >= 1, got 0"):
+        OPOScriptArguments(heldout_eval=True, heldout_batch_size=0)
 
 
 def test_qlora_without_a_gpu_is_a_clear_error_before_the_model_loads(tmp_path, monkeypatch):

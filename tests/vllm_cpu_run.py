@@ -126,10 +126,11 @@ def main(algorithm: str, sync: str, workdir: str, precision: str = "fp32") -> No
     assert isinstance(trainer.vllm_generation, CPUVLLMGeneration), type(trainer.vllm_generation)
     initial = trainer_weights_as_engine(trainer.model)
     greedy_before = greedy(trainer, dataset, precision)
+    syncs_before_training = len(synced)
     trainer.train()
     result = {
         "steps": [e for e in trainer.state.log_history if "sampling/sampling_logp_difference/mean" in e],
-        "syncs": len(synced),
+        "syncs": len(synced) - syncs_before_training,
         "gap_to_last_sync": weight_gap(trainer.vllm_generation.llm, synced[-1]),
         "gap_to_initial": weight_gap(trainer.vllm_generation.llm, initial),
         "last_sync_moved": max((synced[-1][n] - initial[n]).abs().max().item() for n in initial),
