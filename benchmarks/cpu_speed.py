@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -127,6 +128,11 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def _median(values) -> float:
+    values = list(values)
+    return statistics.median(values) if values else float("nan")
+
+
 def report() -> str:
     import numpy as np
 
@@ -147,6 +153,9 @@ def report() -> str:
         f"Held-out accuracy after training against fp32: seed-level paired difference (95% t-interval over seeds x "
         f"problems), the smallest difference the seeds could have detected (80% power), and the verdict after Holm's "
         f"adjustment for the {len(estimates)} comparisons.",
+        "",
+        "Timings are medians (wall clock: over seeds, with the range; steps: over every step of every seed but each run's "
+        "first, which warms up): a run that shared the machine with other work is an outlier, not a shift.",
         "",
         "| configuration | seeds | held-out before | after | after - fp32 [95% CI] | detectable | verdict (Holm) "
         "| wall (min) | s / generating step | s / reusing step | held-out eval (s, before / after) | peak RSS (GB) "
@@ -170,10 +179,10 @@ def report() -> str:
         evals = [runs_[s]["eval_seconds"] for s in seeds]
         lines.append(
             f"| {config} | {len(seeds)} | {before.mean():.3f} | {after.mean():.3f} | {difference} | {detectable} "
-            f"| {verdict} | {_mean(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) "
-            f"| {_mean(t for s in seeds for t in runs_[s]['generating'][1:]):.1f} "
-            f"| {_mean(t for s in seeds for t in runs_[s]['reusing']):.1f} "
-            f"| {_mean(e[0] for e in evals):.0f} / {_mean(e[-1] for e in evals):.0f} "
+            f"| {verdict} | {_median(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) "
+            f"| {_median(t for s in seeds for t in runs_[s]['generating'][1:]):.1f} "
+            f"| {_median(t for s in seeds for t in runs_[s]['reusing']):.1f} "
+            f"| {_median(e[0] for e in evals):.0f} / {_median(e[-1] for e in evals):.0f} "
             f"| {_mean(runs_[s]['summary'].peak_rss_mb / 1024 for s in seeds):.1f} "
             f"| {min(loads):.1f}-{max(loads):.1f} |"
         )
