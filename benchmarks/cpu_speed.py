@@ -40,10 +40,11 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "cpu_speed"
 WORK = REPO / "runs" / "cpu_speed"
 SEEDS = (0, 1, 2, 3, 4)
-# name -> quickstart overrides. vLLM's engine computes in the trainer's precision (opo_trl.vllm_cpu).
+# name -> quickstart overrides, each setting both keys (the quickstart's own default is vllm-bf16). vLLM's engine
+# computes in the trainer's precision (opo_trl.vllm_cpu).
 CONFIGS = {
-    "fp32": {"bf16": False},
-    "bf16": {"bf16": True},
+    "fp32": {"bf16": False, "use_vllm": False},
+    "bf16": {"bf16": True, "use_vllm": False},
     "vllm-fp32": {"bf16": False, "use_vllm": True},
     "vllm-bf16": {"bf16": True, "use_vllm": True},
 }

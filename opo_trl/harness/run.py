@@ -27,7 +27,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     from ..precision import check_cpu_bf16
     from ..trainer import OPOTrainer
     from ..validation import validate_dataset
-    from ..vllm_cpu import cpu_colocate
+    from ..vllm_cpu import check_cpu_vllm_args, cpu_colocate, wants_cpu_vllm
     from .checkpoints import resolve_resume_from_checkpoint
     from .data import load_datasets
     from .evaluation import HeldoutEvaluator
@@ -41,6 +41,9 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     training_args.resume_from_checkpoint = resolve_resume_from_checkpoint(
         training_args.resume_from_checkpoint, training_args.output_dir
     )
+    # vLLM on a CPU (the quickstart's default): a missing install should fail before the model is built.
+    if wants_cpu_vllm(training_args):
+        check_cpu_vllm_args(training_args)
     reward_funcs = []
     if script_args.reward_model_name_or_path:
         reward_funcs.append(script_args.reward_model_name_or_path)
@@ -107,6 +110,8 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         # that scores with it records it (reasoning_gym's reward, say, does its own scoring).
         answer_checker=answer_checker() if accuracy_reward in reward_funcs else None,
         threads=torch.get_num_threads(),
+        generator="vllm" if trainer.use_vllm else "transformers",
+        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
     )
     files = RunFiles(training_args.output_dir)
     evaluator = None
@@ -219,9 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     try:
-        main()
+        summary = main()
     except KeyboardInterrupt:
         # A launched process: the `opo-trl` process that launched it says where the run stands.
         sys.exit(130)
-    # A process of its own whose only job was this run: if it imported vLLM, the run generated with it.
-    exit_launched_process(ran_vllm="vllm" in sys.modules)
+    # A process of its own whose only job was this run.
+    exit_launched_process(ran_vllm=summary.get("generator") == "vllm")

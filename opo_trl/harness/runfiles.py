@@ -70,6 +70,8 @@ class RunSummary:
         seconds_per_step (`float`, *optional*): Mean logged optimizer-step time.
         wall_seconds (`float`, *optional*): Wall time of the whole job (data, model, evaluations, training).
         threads (`int`, *optional*): torch's intra-op threads.
+        generator (`str`, *optional*): What generated the rollouts: `vllm` or `transformers` (`model.generate`).
+        precision (`str`, *optional*): What the trainer computed in: `bf16`, `fp16` (autocast) or `fp32`.
         peak_rss_mb (`float`, *optional*): Peak resident memory of the process.
         extra (`dict`): Keys of the file this class does not know (files written by older versions keep them).
     """
@@ -88,6 +90,8 @@ class RunSummary:
     seconds_per_step: float | None = None
     wall_seconds: float | None = None
     threads: int | None = None
+    generator: str | None = None
+    precision: str | None = None
     peak_rss_mb: float | None = None
     extra: dict = field(default_factory=dict)
 
