@@ -256,6 +256,8 @@ def test_opo_trl_train_grpo_with_vllm_on_cpu(tmp_path):
         m["sampling/sampling_logp_difference/mean"] for m in metrics if "sampling/sampling_logp_difference/mean" in m
     ]
     assert len(differences) == 2 and max(differences) < MAX_LOGP_DIFFERENCE, differences
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert (summary["generator"], summary["precision"]) == ("vllm", "fp32")
     # The run ends on its summary, not on triton's "nanobind: leaked ..." lines from the interpreter's teardown.
     assert "leaked" not in result.stderr, result.stderr[-2000:]
     assert result.stdout.rstrip().endswith("}")
