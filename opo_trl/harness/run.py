@@ -27,7 +27,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     from ..precision import check_cpu_bf16
     from ..trainer import OPOTrainer
     from ..validation import validate_dataset
-    from ..vllm_cpu import check_cpu_vllm_args, cpu_colocate, wants_cpu_vllm
+    from ..vllm_cpu import check_cpu_vllm_args, cpu_colocate, engine_dtype, wants_cpu_vllm
     from .checkpoints import resolve_resume_from_checkpoint
     from .data import load_datasets
     from .evaluation import HeldoutEvaluator
@@ -111,7 +111,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         answer_checker=answer_checker() if accuracy_reward in reward_funcs else None,
         threads=torch.get_num_threads(),
         generator="vllm" if trainer.use_vllm else "transformers",
-        precision="bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        precision={"bfloat16": "bf16", "float16": "fp16"}.get(engine_dtype(training_args), "fp32"),
     )
     files = RunFiles(training_args.output_dir)
     evaluator = None

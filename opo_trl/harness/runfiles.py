@@ -71,7 +71,8 @@ class RunSummary:
         wall_seconds (`float`, *optional*): Wall time of the whole job (data, model, evaluations, training).
         threads (`int`, *optional*): torch's intra-op threads.
         generator (`str`, *optional*): What generated the rollouts: `vllm` or `transformers` (`model.generate`).
-        precision (`str`, *optional*): What the trainer computed in: `bf16`, `fp16` (autocast) or `fp32`.
+        precision (`str`, *optional*): What the trainer computed in (autocast, else the loaded weights' dtype): `bf16`,
+            `fp16` or `fp32`.
         peak_rss_mb (`float`, *optional*): Peak resident memory of the process.
         extra (`dict`): Keys of the file this class does not know (files written by older versions keep them).
     """
