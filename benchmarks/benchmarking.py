@@ -10,7 +10,8 @@ What a benchmark of training runs needs, shared by `algorithms_across_tasks.py` 
 - launching: `run_phase` runs the pending runs `--jobs` at a time (2 on the project's 2-core machines), each as
   `python -m opo_trl.harness.run` in its own process with cores / jobs threads, the first run of each seed first (the
   others of that seed reuse its evaluation of the initial model), and with `--commit` commits each run's raw files
-  as it finishes;
+  as it finishes; a file named `DRAIN` in the work folder lets the runs in flight finish (and commit) and starts no
+  other, for a machine that must be free at a known time (a run stopped midway is lost: runs do not resume midway);
 - loading: `load_records` reads the finished runs back as `opo_trl.harness.compare.RunRecord`s;
 - costing: `step_costs` reads a finished run's seconds per generating and per reusing step, per evaluated sequence
   and of overhead; `minutes_per_run` prices a planned run from them; `planned_detectable` is the smallest difference
@@ -106,12 +107,33 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+DRAIN = "DRAIN"
+
+
+def draining(work_root: Path) -> bool:
+    return (Path(work_root) / DRAIN).exists()
+
+
+def start_launching(work_root: Path, pending: int) -> None:
+    """Say how to drain the launch, and clear a drain left from an earlier one (it asked that one to stop, not this)."""
+    stale = Path(work_root) / DRAIN
+    if stale.exists():
+        stale.unlink()
+        log(f"removed {stale}, left from an earlier launch")
+    if pending:
+        log(f"to finish the runs in flight and start no other: touch {stale}")
+
+
 def threads_per_run(jobs: int) -> int:
     return max(1, (os.cpu_count() or 2) // jobs)
 
 
 def execute(run: Run, work_root: Path, threads: int, commit: bool, log: Callable[[str], None] = log) -> None:
-    """Run one planned run in its own process; when it finishes, copy its raw files to `run.docs_dir` (and commit)."""
+    """Run one planned run in its own process; when it finishes, copy its raw files to `run.docs_dir` (and commit).
+    Under a drain (`DRAIN` in `work_root`) it starts nothing and says so."""
+    if draining(work_root):
+        log(f"draining: {run.phase}/{run.task}/{run.key} not started")
+        return
     work = run.work_dir(work_root)
     if work.exists():
         shutil.rmtree(work)  # an interrupted attempt: start it again
@@ -164,6 +186,7 @@ def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None
     threads = threads_per_run(jobs)
     pending = [r for r in runs if not r.done]
     log(f"{len(runs) - len(pending)} of {len(runs)} runs already done; {len(pending)} to go, {jobs} at a time")
+    start_launching(work_root, len(pending))
     for task in dict.fromkeys(r.task for r in pending):
         firsts = {}
         for r in pending:
@@ -188,6 +211,7 @@ def _run_after(first, run: Run, *args) -> None:
 def run_side_by_side(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None:
     """The pending runs of `runs`, `jobs` at a time, none waiting for another (each evaluates its initial model)."""
     threads = threads_per_run(jobs)
+    start_launching(work_root, sum(not r.done for r in runs))
     with ThreadPoolExecutor(jobs) as pool:
         for future in [pool.submit(execute, r, work_root, threads, commit, log) for r in runs if not r.done]:
             future.result()

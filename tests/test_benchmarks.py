@@ -209,6 +209,30 @@ def test_runs_wait_only_for_their_own_seeds_first_run(tmp_path, monkeypatch):
     assert len(events) == 10
 
 
+def test_a_drain_lets_the_run_in_flight_finish_and_starts_no_other(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    runs = [benchmarking.Run(tmp_path, "main", "chain_sum", "opo", "opo", seed, 1e-5) for seed in range(4)]
+    launched = []
+
+    def fake_subprocess_run(args, **kwargs):
+        launched.append(args[args.index("--output_dir") + 1])
+        if len(launched) == 1:
+            (work / benchmarking.DRAIN).touch()  # asked while the first run is in flight
+        return subprocess.CompletedProcess(args, 1)  # "failed": nothing to copy
+
+    monkeypatch.setattr(benchmarking.subprocess, "run", fake_subprocess_run)
+    # A DRAIN left by an earlier launch asks that launch to stop, not this one.
+    work.mkdir()
+    (work / benchmarking.DRAIN).touch()
+    benchmarking.run_side_by_side(runs, jobs=1, work_root=work, commit=False)
+    out = capsys.readouterr().out
+    assert len(launched) == 1 and launched[0].endswith("opo-lr1e-05-seed0")
+    assert "removed" in out and f"touch {work / benchmarking.DRAIN}" in out
+    assert [line.split("draining: ")[1] for line in out.splitlines() if "draining: " in line] == [
+        f"main/chain_sum/opo-lr1e-05-seed{seed} not started" for seed in (1, 2, 3)
+    ]
+
+
 def test_a_run_is_launched_with_its_recipe_overrides_and_the_shared_evaluation(tmp_path):
     run = benchmarking.Run(tmp_path, "reuse", "chain_sum", "opo-K4", "opo", 1, 1e-5, {"num_iterations": 4})
     args = benchmarking.command(run, tmp_path / "work", tmp_path / "first")
