@@ -167,10 +167,17 @@ def test_runs_follow_the_plan_and_the_tuning(bench, monkeypatch):
     (bench.DOCS / "plan.json").write_text(json.dumps({"seeds": 9, "cells": ["opo-mu1-K4", "gspo-K4"]}))
     with pytest.raises(SystemExit, match="tuning is not finished"):
         bench.main(["runs"])
-    for run in bench.tune_runs():
-        write_run(run, 0.3)
     started = []
     monkeypatch.setattr(benchmarking, "run_phase", lambda grid, *args: started.extend(grid))
+    # Cells without a tuned setting run before the tuning ends; a tuned one among them still needs it.
+    bench.main(["runs", "--only", "opo-K1", "opo-mu0.25-K4"])
+    assert [(r.name, r.seed) for r in started] == [(c, s) for c in ("opo-K1", "opo-mu0.25-K4") for s in range(9)]
+    assert started[-1].overrides["mu"] == 0.25 and started[0].overrides["num_iterations"] == 1
+    with pytest.raises(SystemExit, match="tuning is not finished"):
+        bench.main(["runs", "--only", "opo-K1", "gspo-K4"])
+    started.clear()
+    for run in bench.tune_runs():
+        write_run(run, 0.3)
     bench.main(["runs"])
     assert [(r.name, r.seed) for r in started] == [(c, s) for c in ("opo-mu1-K4", "gspo-K4") for s in range(9)]
     # All candidates tied and none zeroes a step: the first listed of each.
