@@ -110,18 +110,18 @@ def log(message: str) -> None:
 DRAIN = "DRAIN"
 
 
-def draining(work_root: Path) -> bool:
-    return (Path(work_root) / DRAIN).exists()
+def drain_file(work_root: Path) -> Path:
+    return Path(work_root) / DRAIN
 
 
 def start_launching(work_root: Path, pending: int) -> None:
     """Say how to drain the launch, and clear a drain left from an earlier one (it asked that one to stop, not this)."""
-    stale = Path(work_root) / DRAIN
-    if stale.exists():
-        stale.unlink()
-        log(f"removed {stale}, left from an earlier launch")
+    drain = drain_file(work_root)
+    if drain.exists():
+        drain.unlink()
+        log(f"removed {drain}, left from an earlier launch")
     if pending:
-        log(f"to finish the runs in flight and start no other: touch {stale}")
+        log(f"to finish the runs in flight and start no other: touch {drain}")
 
 
 def threads_per_run(jobs: int) -> int:
@@ -131,7 +131,7 @@ def threads_per_run(jobs: int) -> int:
 def execute(run: Run, work_root: Path, threads: int, commit: bool, log: Callable[[str], None] = log) -> None:
     """Run one planned run in its own process; when it finishes, copy its raw files to `run.docs_dir` (and commit).
     Under a drain (`DRAIN` in `work_root`) it starts nothing and says so."""
-    if draining(work_root):
+    if drain_file(work_root).exists():
         log(f"draining: {run.phase}/{run.task}/{run.key} not started")
         return
     work = run.work_dir(work_root)
