@@ -124,15 +124,33 @@ def start_launching(work_root: Path, pending: int) -> None:
         log(f"to finish the runs in flight and start no other: touch {drain}")
 
 
+@dataclass(frozen=True)
+class Deadline:
+    """A launch's end (`at`, in `time.time()` seconds): a run starts only when `minutes(run)`, its estimated wall
+    minutes, end before it; a run that does not fit stays pending for the next launch, and a shorter one behind it may
+    still start."""
+
+    at: float
+    minutes: Callable[[Run], float]
+
+    def refuses(self, run: Run) -> str | None:
+        need, left = self.minutes(run), (self.at - time.time()) / 60
+        return None if need <= left else f"needs about {need:.0f} min, {max(left, 0):.0f} left"
+
+
 def threads_per_run(jobs: int) -> int:
     return max(1, (os.cpu_count() or 2) // jobs)
 
 
-def execute(run: Run, work_root: Path, threads: int, commit: bool, log: Callable[[str], None] = log) -> None:
+def execute(run: Run, work_root: Path, threads: int, commit: bool, log: Callable[[str], None] = log,
+            deadline: Deadline | None = None) -> None:  # fmt: skip
     """Run one planned run in its own process; when it finishes, copy its raw files to `run.docs_dir` (and commit).
-    Under a drain (`DRAIN` in `work_root`) it starts nothing and says so."""
+    Under a drain (`DRAIN` in `work_root`), or when it would not end before `deadline`, it starts nothing and says so."""
     if drain_file(work_root).exists():
         log(f"draining: {run.phase}/{run.task}/{run.key} not started")
+        return
+    if deadline is not None and (why := deadline.refuses(run)):
+        log(f"not started before the deadline: {run.phase}/{run.task}/{run.key} ({why})")
         return
     work = run.work_dir(work_root)
     if work.exists():
@@ -177,11 +195,12 @@ def commit_raw_files(run: Run) -> None:
         time.sleep(5)
 
 
-def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None:
+def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool, deadline: Deadline | None = None) -> None:
     """
     Every pending run of `runs`, `jobs` at a time, task by task (so that an interrupted phase leaves whole tasks behind).
     Within a task, the first run of each seed evaluates the initial model and the others of that seed reuse it: those
-    first runs go first, and a run waits only for its own seed's first run.
+    first runs go first, and a run waits only for its own seed's first run. With a `deadline`, only the runs estimated
+    to end before it start.
     """
     threads = threads_per_run(jobs)
     pending = [r for r in runs if not r.done]
@@ -194,18 +213,20 @@ def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None
                 firsts[r.seed] = r
         rest = [r for r in pending if r.task == task and r not in firsts.values()]
         with ThreadPoolExecutor(jobs) as pool:
-            started = {seed: pool.submit(execute, r, work_root, threads, commit, log) for seed, r in firsts.items()}
-            others = [pool.submit(_run_after, started.get(r.seed), r, work_root, threads, commit) for r in rest]
+            started = {seed: pool.submit(execute, r, work_root, threads, commit, log, deadline)
+                       for seed, r in firsts.items()}  # fmt: skip
+            others = [pool.submit(_run_after, started.get(r.seed), r, work_root, threads, commit, deadline)
+                      for r in rest]  # fmt: skip
             for future in [*started.values(), *others]:
                 future.result()
 
 
-def _run_after(first, run: Run, *args) -> None:
+def _run_after(first, run: Run, work_root: Path, threads: int, commit: bool, deadline: Deadline | None) -> None:
     # Only a run whose seed's first run is still going waits (for that run's evaluation of the initial model); the
     # others take the slots as they free up.
     if first is not None:
         first.result()
-    execute(run, *args, log)
+    execute(run, work_root, threads, commit, log, deadline)
 
 
 def run_side_by_side(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None:

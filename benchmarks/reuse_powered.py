@@ -65,6 +65,7 @@ and Holm-adjusted verdict; the mechanism figures of v3 with their caveats.
 import argparse
 import json
 import statistics
+import time
 from pathlib import Path
 
 import benchmarking
@@ -328,6 +329,19 @@ def run_minutes(runs: list[Run], costs: dict, evaluated: set[int]) -> list[float
     return minutes
 
 
+def deadline_in(minutes: float, costs: dict) -> benchmarking.Deadline:
+    """`minutes` from now, each run priced at the pilot's `costs` (its initial evaluation counted unless its seed's was
+    done, as it stands when the run would start)."""
+    setup = costs.get("overhead_seconds") or 60.0
+
+    def run_minutes_now(r: Run) -> float:
+        return benchmarking.minutes_per_run(costs, r.overrides["num_iterations"], ROLLOUTS, HELDOUT_SEQUENCES,
+                                            evaluate_before=benchmarking.evaluated_before(r) is None,
+                                            setup_seconds=setup)  # fmt: skip
+
+    return benchmarking.Deadline(time.time() + minutes * 60, run_minutes_now)
+
+
 def plan(pilot: dict, hours: float, seeds: int, jobs: int) -> dict:
     """
     The grid's hours `jobs` at a time and the headline's detectable difference at each of `SEED_COUNTS`; then the cells
@@ -503,6 +517,9 @@ def main(argv=None):
     parser.add_argument("--hours", type=float, help="`plan`: the grid's budget in hours, --jobs at a time.")
     parser.add_argument("--seeds", type=int, default=MIN_SEEDS, help=f"`plan`: seeds a cell (at least {MIN_SEEDS}).")
     parser.add_argument("--only", nargs="+", metavar="CELL", help="`runs`: only these cells, in this order.")
+    parser.add_argument("--within", type=float, metavar="MINUTES",
+                        help="`runs`: start only the runs that the pilot's costs say end within MINUTES of the launch "
+                        "(the others stay pending; a shorter run behind a long one may still start).")  # fmt: skip
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     if args.phase == "tune":
@@ -539,7 +556,13 @@ def main(argv=None):
         cells = args.only or planned["cells"]
         # The cells without a tuned setting may run while the tuning does.
         chosen = chosen_settings() if any(CELLS[c][1] == TUNED for c in cells) else None
-        benchmarking.run_phase(grid_runs(range(planned["seeds"]), chosen, cells), args.jobs, work, args.commit)
+        deadline = None
+        if args.within is not None:
+            if args.within <= 0:
+                raise SystemExit(f"--within {args.within:g}: minutes must be positive")
+            deadline = deadline_in(args.within, json.loads((DOCS / "pilot.json").read_text())["costs"])
+        benchmarking.run_phase(grid_runs(range(planned["seeds"]), chosen, cells), args.jobs, work, args.commit,
+                               deadline)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,45 @@ def test_a_drain_lets_the_run_in_flight_finish_and_starts_no_other(tmp_path, mon
     assert [line.split("draining: ")[1] for line in out.splitlines() if "draining: " in line] == [
         f"main/chain_sum/opo-lr1e-05-seed{seed} not started" for seed in (1, 2, 3)
     ]
+
+
+def test_a_deadline_starts_only_the_runs_that_end_before_it(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    runs = [
+        benchmarking.Run(tmp_path, "grid", "chain_sum", name, "opo", 0, 1e-5) for name in ("long", "short", "edge")
+    ]
+    launched = []
+
+    def fake_subprocess_run(args, **kwargs):
+        launched.append(Path(args[args.index("--output_dir") + 1]).name)
+        return subprocess.CompletedProcess(args, 1)
+
+    monkeypatch.setattr(benchmarking.subprocess, "run", fake_subprocess_run)
+    minutes = {"long": 60.0, "short": 20.0, "edge": 31.0}
+    deadline = benchmarking.Deadline(time.time() + 30 * 60, lambda r: minutes[r.name])
+    benchmarking.run_phase(runs, jobs=1, work_root=work, commit=False, deadline=deadline)
+    out = capsys.readouterr().out
+    # The long run stays pending and the short one behind it still starts.
+    assert launched == ["short-lr1e-05-seed0"]
+    refused = [line.split("deadline: ")[1] for line in out.splitlines() if "not started before the deadline" in line]
+    assert refused == ["grid/chain_sum/long-lr1e-05-seed0 (needs about 60 min, 30 left)",
+                       "grid/chain_sum/edge-lr1e-05-seed0 (needs about 31 min, 30 left)"]  # fmt: skip
+
+
+def test_reuse_powered_prices_a_run_for_its_deadline_with_its_initial_evaluation_when_its_seed_has_none():
+    import reuse_powered
+
+    costs = {"seconds_generating_step": 60.0, "seconds_reusing_step": 30.0, "eval_seconds_per_sequence": 0.1,
+             "overhead_seconds": 30.0}  # fmt: skip
+    deadline = reuse_powered.deadline_in(90, costs)
+    assert 89.9 * 60 < deadline.at - time.time() <= 90 * 60
+    k4, k1 = (next(r for r in reuse_powered.grid_runs([987], None, [cell])) for cell in ("opo-mu1-K4", "opo-K1"))
+    evaluations = 2 * reuse_powered.HELDOUT_SEQUENCES * 0.1  # seed 987 has no run: before and after
+    rollouts = reuse_powered.ROLLOUTS
+    assert deadline.minutes(k4) == pytest.approx((30 + rollouts * (60 + 3 * 30) + evaluations) / 60)
+    assert deadline.minutes(k1) == pytest.approx((30 + rollouts * 60 + evaluations) / 60)
+    with pytest.raises(SystemExit, match="--within 0: minutes must be positive"):
+        reuse_powered.main(["runs", "--within", "0"])
 
 
 def test_a_run_is_launched_with_its_recipe_overrides_and_the_shared_evaluation(tmp_path):
