@@ -316,15 +316,18 @@ def pilot_summary() -> dict:
     }
 
 
+def price(run: Run, costs: dict, evaluate_before: bool) -> float:
+    """A pending run's wall minutes at `costs` (a pilot's), its initial evaluation counted when `evaluate_before`."""
+    return benchmarking.minutes_per_run(costs, run.overrides["num_iterations"], ROLLOUTS, HELDOUT_SEQUENCES,
+                                        evaluate_before, setup_seconds=costs.get("overhead_seconds") or 60.0)  # fmt: skip
+
+
 def run_minutes(runs: list[Run], costs: dict, evaluated: set[int]) -> list[float]:
     """Each pending run's minutes (0 for a done one), in order; `evaluated`: the seeds whose initial model has been
     evaluated (updated: a seed's first run evaluates it)."""
-    setup = costs.get("overhead_seconds") or 60.0
     minutes = []
     for r in runs:
-        k = r.overrides["num_iterations"]
-        minutes.append(0.0 if r.done else benchmarking.minutes_per_run(
-            costs, k, ROLLOUTS, HELDOUT_SEQUENCES, evaluate_before=r.seed not in evaluated, setup_seconds=setup))  # fmt: skip
+        minutes.append(0.0 if r.done else price(r, costs, evaluate_before=r.seed not in evaluated))
         evaluated.add(r.seed)
     return minutes
 
@@ -332,14 +335,9 @@ def run_minutes(runs: list[Run], costs: dict, evaluated: set[int]) -> list[float
 def deadline_in(minutes: float, costs: dict) -> benchmarking.Deadline:
     """`minutes` from now, each run priced at the pilot's `costs` (its initial evaluation counted unless its seed's was
     done, as it stands when the run would start)."""
-    setup = costs.get("overhead_seconds") or 60.0
-
-    def run_minutes_now(r: Run) -> float:
-        return benchmarking.minutes_per_run(costs, r.overrides["num_iterations"], ROLLOUTS, HELDOUT_SEQUENCES,
-                                            evaluate_before=benchmarking.evaluated_before(r) is None,
-                                            setup_seconds=setup)  # fmt: skip
-
-    return benchmarking.Deadline(time.time() + minutes * 60, run_minutes_now)
+    return benchmarking.Deadline(
+        time.time() + minutes * 60, lambda r: price(r, costs, evaluate_before=benchmarking.evaluated_before(r) is None)
+    )
 
 
 def plan(pilot: dict, hours: float, seeds: int, jobs: int) -> dict:
