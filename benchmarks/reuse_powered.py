@@ -417,6 +417,29 @@ def k1_reference(name: str) -> str:
     return "opo-K1" if name.startswith("opo") else "grpo-K1"
 
 
+def runs_table(records: dict[str, list], order: list[str]) -> str:
+    """One row per finished grid run, cells in `order`: held-out pass@1 and greedy accuracy before -> after training
+    (from its summary), wall minutes; then the headline comparison's difference seed by seed."""
+
+    def figure(before, after):
+        return "n/a" if before is None or after is None else f"{before:.3f} -> {after:.3f}"
+
+    lines = ["| cell | seed | held-out pass@1 before -> after | greedy before -> after | wall minutes |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for cell in order:
+        for r in sorted(records.get(cell, []), key=lambda r: r.seed):
+            s = r.summary
+            wall = "n/a" if s.wall_seconds is None else f"{s.wall_seconds / 60:.1f}"
+            lines.append(f"| {cell} | {r.seed} | {figure(s.heldout_accuracy_before, s.heldout_accuracy_after)} | "
+                         f"{figure(s.heldout_greedy_before, s.heldout_greedy_after)} | {wall} |")  # fmt: skip
+    ours, theirs = ({r.seed: r for r in records.get(cell, [])} for cell in HEADLINE)
+    common = sorted(set(ours) & set(theirs))
+    if common:
+        per_seed = ", ".join(f"{s}: {ours[s].outcomes().mean() - theirs[s].outcomes().mean():+.3f}" for s in common)
+        lines.append(f"\n{HEADLINE[0]} - {HEADLINE[1]} held-out pass@1 after, seed by seed: {per_seed}.")
+    return "\n".join(lines) + "\n"
+
+
 def report() -> str:
     """The tables (and the plot) of every finished grid run, into `DOCS`; returns the markdown."""
     planned = DOCS / "plan.json"
@@ -496,7 +519,8 @@ def report() -> str:
     text += benchmarking.comparison_table(rows(reuse, k_of), ("K", "comparison"))
     text += ("\nAt K = 1 every OPO cell is `opo-K1` and GSPO is `grpo-K1` (every ratio is 1 on a rollout's only step: "
              "OPO's mu and GSPO's clip do not act).\n")  # fmt: skip
-    text += "\n" + benchmarking.STATISTICS_NOTE + "\n\n" + tune_report()
+    text += "\n" + benchmarking.STATISTICS_NOTE + "\n\n## Runs\n\n" + runs_table(records, order)
+    text += "\n" + tune_report()
     DOCS.mkdir(parents=True, exist_ok=True)
     (DOCS / "report.md").write_text(text)
     benchmarking.plot_against_k(

@@ -215,6 +215,9 @@ def test_report_prints_every_comparison_with_its_verdict_and_detectable_differen
     assert "| 1.50 | 0.50 |" in row
     assert "2 comparisons in this table; Holm" in text and "Detectable: the smallest true difference" in text
     assert "Tuning not finished" in text and "AdamW keeps moving" in text
+    # Runs: 2 rollouts x (100 s + 3 x 40 s) + 2 evaluations x 6 s + 60 s = 512 s; no greedy figure in the summary.
+    assert "| opo-mu1-K4 | 2 | 0.000 -> 0.550 | n/a | 8.5 |" in text
+    assert "opo-mu1-K4 - grpo-K4 held-out pass@1 after, seed by seed: 0: +0.200, 1: +0.250, 2: +0.300." in text
     assert (bench.DOCS / "report.md").read_text() == text and (bench.DOCS / "reuse.png").stat().st_size > 1000
 
 
