@@ -229,12 +229,15 @@ def _run_after(first, run: Run, work_root: Path, threads: int, commit: bool, dea
     execute(run, work_root, threads, commit, log, deadline)
 
 
-def run_side_by_side(runs: list[Run], jobs: int, work_root: Path, commit: bool) -> None:
-    """The pending runs of `runs`, `jobs` at a time, none waiting for another (each evaluates its initial model)."""
+def run_side_by_side(
+    runs: list[Run], jobs: int, work_root: Path, commit: bool, deadline: Deadline | None = None
+) -> None:
+    """The pending runs of `runs` in their order, `jobs` at a time, none waiting for another: a run reuses its seed's
+    evaluation of the initial model if a finished run has one when it starts, and otherwise makes its own."""
     threads = threads_per_run(jobs)
     start_launching(work_root, sum(not r.done for r in runs))
     with ThreadPoolExecutor(jobs) as pool:
-        for future in [pool.submit(execute, r, work_root, threads, commit, log) for r in runs if not r.done]:
+        for future in [pool.submit(execute, r, work_root, threads, commit, log, deadline) for r in runs if not r.done]:
             future.result()
 
 

@@ -542,6 +542,10 @@ def main(argv=None):
     parser.add_argument("--within", type=float, metavar="MINUTES",
                         help="`runs`: start only the runs that the pilot's costs say end within MINUTES of the launch "
                         "(the others stay pending; a shorter run behind a long one may still start).")  # fmt: skip
+    parser.add_argument("--by_seed", action="store_true",
+                        help="`runs`: seed by seed (each seed's cells in order, so that the cells compared finish the "
+                        "same seeds together), no run waiting for its seed's first one: a run whose seed's initial "
+                        "model is not evaluated yet evaluates it itself.")  # fmt: skip
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     if args.phase == "tune":
@@ -583,8 +587,12 @@ def main(argv=None):
             if args.within <= 0:
                 raise SystemExit(f"--within {args.within:g}: minutes must be positive")
             deadline = deadline_in(args.within, json.loads((DOCS / "pilot.json").read_text())["costs"])
-        benchmarking.run_phase(grid_runs(range(planned["seeds"]), chosen, cells), args.jobs, work, args.commit,
-                               deadline)  # fmt: skip
+        runs = grid_runs(range(planned["seeds"]), chosen, cells)
+        if args.by_seed:
+            runs.sort(key=lambda r: r.seed)  # stable: each seed's cells keep their order
+            benchmarking.run_side_by_side(runs, args.jobs, work, args.commit, deadline)
+        else:
+            benchmarking.run_phase(runs, args.jobs, work, args.commit, deadline)
 
 
 if __name__ == "__main__":

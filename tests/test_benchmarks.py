@@ -255,6 +255,10 @@ def test_a_deadline_starts_only_the_runs_that_end_before_it(tmp_path, monkeypatc
     refused = [line.split("deadline: ")[1] for line in out.splitlines() if "not started before the deadline" in line]
     assert refused == ["grid/chain_sum/long-lr1e-05-seed0 (needs about 60 min, 30 left)",
                        "grid/chain_sum/edge-lr1e-05-seed0 (needs about 31 min, 30 left)"]  # fmt: skip
+    # The same for runs launched side by side.
+    launched.clear()
+    benchmarking.run_side_by_side(runs, jobs=1, work_root=work, commit=False, deadline=deadline)
+    assert launched == ["short-lr1e-05-seed0"]
 
 
 def test_reuse_powered_prices_a_run_for_its_deadline_with_its_initial_evaluation_when_its_seed_has_none():
