@@ -188,7 +188,7 @@ def test_runs_follow_the_plan_and_the_tuning(bench, monkeypatch):
     bench.main(["runs", "--only", "grpo-K1", "opo-chi2-K8"])
     assert [r.name for r in started] == ["grpo-K1"] * 9 + ["opo-chi2-K8"] * 9
     assert started[-1].overrides["mu_target_chi2"] == bench.MU_TARGET_CHI2_CANDIDATES[0]
-    # Seed by seed, side by side: the pairs compared finish together; a done run is skipped by the launcher.
+    # Seed by seed, side by side, so that the pairs compared finish the same seeds together.
     side = []
     monkeypatch.setattr(benchmarking, "run_side_by_side", lambda grid, *args: side.extend(grid))
     bench.main(["runs", "--only", "grpo-K1", "opo-K1", "--by_seed"])
