@@ -403,6 +403,8 @@ def main(argv=None):
     DOCS = Path(args.docs_dir).resolve()
     work_root = Path(args.work_dir)
     if args.phase == "measure":
+        if args.threads is not None:
+            raise SystemExit("--threads: `measure` times runs of 2 threads and of 1 thread itself")
         figures = measure(work_root)
         DOCS.mkdir(parents=True, exist_ok=True)
         (DOCS / "measure.json").write_text(json.dumps(figures, indent=2) + "\n")
@@ -410,12 +412,12 @@ def main(argv=None):
     elif args.phase == "plan":
         plan(args.jobs)
     elif args.phase == "tune":
-        benchmarking.run_phase(tune_runs(), args.jobs, work_root, args.commit)
+        benchmarking.run_phase(tune_runs(), args.jobs, work_root, args.commit, threads=args.threads)
     elif args.phase == "main":
         runs = [r for r in main_runs() if r.task in args.tasks]
-        benchmarking.run_phase(runs, args.jobs, work_root, args.commit)
+        benchmarking.run_phase(runs, args.jobs, work_root, args.commit, threads=args.threads)
     elif args.phase == "variants":
-        benchmarking.run_phase(variant_runs(), args.jobs, work_root, args.commit)
+        benchmarking.run_phase(variant_runs(), args.jobs, work_root, args.commit, threads=args.threads)
     else:
         print(report())
 

@@ -8,10 +8,11 @@ What a benchmark of training runs needs, shared by `algorithms_across_tasks.py` 
   finishes, and a run whose raw files are there is done and never run again, so an interrupted grid resumes where it
   stopped;
 - launching: `run_phase` runs the pending runs `--jobs` at a time (2 on the project's 2-core machines), each as
-  `python -m opo_trl.harness.run` in its own process with cores / jobs threads, the first run of each seed first (the
-  others of that seed reuse its evaluation of the initial model), and with `--commit` commits each run's raw files
-  as it finishes; a file named `DRAIN` in the work folder lets the runs in flight finish (and commit) and starts no
-  other, for a machine that must be free at a known time (a run stopped midway is lost: runs do not resume midway);
+  `python -m opo_trl.harness.run` in its own process with cores / jobs threads (less those that another launch from
+  the same work folder holds), the first run of each seed first (the others of that seed reuse its evaluation of the
+  initial model), and with `--commit` commits each run's raw files as it finishes; a file named `DRAIN` in the work
+  folder lets the runs in flight finish (and commit) and starts no other, for a machine that must be free at a known
+  time (a run stopped midway is lost: runs do not resume midway);
 - loading: `load_records` reads the finished runs back as `opo_trl.harness.compare.RunRecord`s;
 - costing: `step_costs` reads a finished run's seconds per generating and per reusing step, per evaluated sequence
   and of overhead; `minutes_per_run` prices a planned run from them; `planned_detectable` is the smallest difference
@@ -26,6 +27,7 @@ The scripts import it as a sibling module (`python benchmarks/<script>.py` puts 
 """
 
 import argparse
+import atexit
 import os
 import shutil
 import subprocess
@@ -114,14 +116,58 @@ def drain_file(work_root: Path) -> Path:
     return Path(work_root) / DRAIN
 
 
-def start_launching(work_root: Path, pending: int) -> None:
-    """Say how to drain the launch, and clear a drain left from an earlier one (it asked that one to stop, not this)."""
+LAUNCH = "launch-"  # + pid: a launch in progress, holding the threads its file says
+
+
+def start_launching(work_root: Path, pending: int, jobs: int = 1, threads: int | None = None) -> int:
+    """
+    Say how to drain the launch, clear a drain left from an earlier one (it asked that one to stop, not this), and
+    return each run's threads: `threads`, or else the cores that the other launches running from `work_root` leave,
+    shared among `jobs` (at least 1). Two launches that each took every core would put twice the threads on the cores,
+    which slows both far more than sharing the cores does; the later one is warned when that happens anyway.
+    """
+    work_root = Path(work_root)
     drain = drain_file(work_root)
     if drain.exists():
         drain.unlink()
         log(f"removed {drain}, left from an earlier launch")
-    if pending:
-        log(f"to finish the runs in flight and start no other: touch {drain}")
+    others = live_launches(work_root)
+    cores, taken = os.cpu_count() or 2, sum(others.values())
+    threads = threads if threads is not None else max(1, (cores - taken) // jobs)
+    if not pending:
+        return threads
+    held = min(jobs, pending) * threads
+    if others:
+        running = ", ".join(f"pid {pid} ({n} threads)" for pid, n in sorted(others.items()))
+        log(
+            f"other launches from {work_root}: {running}; this one: {min(jobs, pending)} at a time of {threads} threads"
+        )
+        if taken + held > cores:
+            log(f"warning: {taken + held} threads on {cores} cores: the runs will contend (slower, not wrong)")
+    work_root.mkdir(parents=True, exist_ok=True)
+    marker = work_root / f"{LAUNCH}{os.getpid()}"
+    marker.write_text(f"{held}\n")
+    atexit.register(marker.unlink, missing_ok=True)
+    log(f"to finish the runs in flight and start no other: touch {drain}")
+    return threads
+
+
+def live_launches(work_root: Path) -> dict[int, int]:
+    """The other launches running from `work_root`, as {pid: threads held}; the files of ended ones are removed."""
+    found = {}
+    for marker in Path(work_root).glob(f"{LAUNCH}*"):
+        pid = int(marker.name[len(LAUNCH) :])
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            marker.unlink(missing_ok=True)
+            continue
+        except PermissionError:
+            pass  # alive, another user's
+        found[pid] = int(marker.read_text() or 0)
+    return found
 
 
 @dataclass(frozen=True)
@@ -195,17 +241,17 @@ def commit_raw_files(run: Run) -> None:
         time.sleep(5)
 
 
-def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool, deadline: Deadline | None = None) -> None:
+def run_phase(runs: list[Run], jobs: int, work_root: Path, commit: bool, deadline: Deadline | None = None,
+              threads: int | None = None) -> None:  # fmt: skip
     """
     Every pending run of `runs`, `jobs` at a time, task by task (so that an interrupted phase leaves whole tasks behind).
     Within a task, the first run of each seed evaluates the initial model and the others of that seed reuse it: those
     first runs go first, and a run waits only for its own seed's first run. With a `deadline`, only the runs estimated
-    to end before it start.
+    to end before it start. Each run gets `threads` threads (see `start_launching` for the default).
     """
-    threads = threads_per_run(jobs)
     pending = [r for r in runs if not r.done]
     log(f"{len(runs) - len(pending)} of {len(runs)} runs already done; {len(pending)} to go, {jobs} at a time")
-    start_launching(work_root, len(pending))
+    threads = start_launching(work_root, len(pending), jobs, threads)
     for task in dict.fromkeys(r.task for r in pending):
         firsts = {}
         for r in pending:
@@ -230,20 +276,33 @@ def _run_after(first, run: Run, work_root: Path, threads: int, commit: bool, dea
 
 
 def run_side_by_side(
-    runs: list[Run], jobs: int, work_root: Path, commit: bool, deadline: Deadline | None = None
+    runs: list[Run],
+    jobs: int,
+    work_root: Path,
+    commit: bool,
+    deadline: Deadline | None = None,
+    threads: int | None = None,
 ) -> None:
     """The pending runs of `runs` in their order, `jobs` at a time, none waiting for another: a run reuses its seed's
     evaluation of the initial model if a finished run has one when it starts, and otherwise makes its own."""
-    threads = threads_per_run(jobs)
-    start_launching(work_root, sum(not r.done for r in runs))
+    threads = start_launching(work_root, sum(not r.done for r in runs), jobs, threads)
     with ThreadPoolExecutor(jobs) as pool:
         for future in [pool.submit(execute, r, work_root, threads, commit, log, deadline) for r in runs if not r.done]:
             future.result()
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, work_dir: Path) -> None:
     """The options of every benchmark script that launches runs."""
-    parser.add_argument("--jobs", type=int, default=2, help="Runs at a time (each gets cores / jobs threads).")
+    parser.add_argument("--jobs", type=positive_int, default=2, help="Runs at a time.")
+    parser.add_argument("--threads", type=positive_int,
+                        help="Threads a run (default: the cores that other launches from --work_dir leave, over --jobs).")  # fmt: skip
     parser.add_argument("--work_dir", default=str(work_dir), help="Where runs write.")
     parser.add_argument("--commit", action="store_true", help="Commit each finished run's raw files.")
 

@@ -549,13 +549,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     if args.phase == "tune":
-        benchmarking.run_phase(tune_runs(), args.jobs, work, args.commit)
+        benchmarking.run_phase(tune_runs(), args.jobs, work, args.commit, threads=args.threads)
         text = tune_report()
         DOCS.mkdir(parents=True, exist_ok=True)
         (DOCS / "tune.md").write_text(text)
         print(text)
     elif args.phase == "pilot":
-        benchmarking.run_phase(pilot_runs(), args.jobs, work, args.commit)
+        benchmarking.run_phase(pilot_runs(), args.jobs, work, args.commit, threads=args.threads)
         summary = pilot_summary()
         (DOCS / "pilot.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps({k: summary[k] for k in ("wall_minutes", "costs", "per_seed_differences", "sd_difference")},
@@ -590,9 +590,9 @@ def main(argv=None):
         runs = grid_runs(range(planned["seeds"]), chosen, cells)
         if args.by_seed:
             runs.sort(key=lambda r: r.seed)  # stable: each seed's cells keep their order
-            benchmarking.run_side_by_side(runs, args.jobs, work, args.commit, deadline)
+            benchmarking.run_side_by_side(runs, args.jobs, work, args.commit, deadline, args.threads)
         else:
-            benchmarking.run_phase(runs, args.jobs, work, args.commit, deadline)
+            benchmarking.run_phase(runs, args.jobs, work, args.commit, deadline, args.threads)
 
 
 if __name__ == "__main__":

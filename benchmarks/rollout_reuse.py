@@ -301,7 +301,9 @@ def main(argv=None):
         raise SystemExit(f"no {budget}: run `rollout_reuse.py budget` first")
     length = json.loads(budget.read_text())["chosen_max_completion_length"]
     if args.phase == "pilot":
-        benchmarking.run_side_by_side(pilot_runs(length), args.jobs, Path(args.work_dir), args.commit)
+        benchmarking.run_side_by_side(
+            pilot_runs(length), args.jobs, Path(args.work_dir), args.commit, threads=args.threads
+        )
     elif args.phase == "plan":
         figures = plan(length, args.jobs)
         (DOCS / "plan.json").write_text(json.dumps(figures, indent=2) + "\n")
@@ -322,7 +324,7 @@ def main(argv=None):
             )
         if args.only:  # the named cells, in the order named
             grid = sorted((r for r in grid if r.name in args.only), key=lambda r: args.only.index(r.name))
-        benchmarking.run_phase(grid, args.jobs, Path(args.work_dir), args.commit)
+        benchmarking.run_phase(grid, args.jobs, Path(args.work_dir), args.commit, threads=args.threads)
 
 
 if __name__ == "__main__":

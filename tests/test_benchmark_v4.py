@@ -168,7 +168,7 @@ def test_runs_follow_the_plan_and_the_tuning(bench, monkeypatch):
     with pytest.raises(SystemExit, match="tuning is not finished"):
         bench.main(["runs"])
     started = []
-    monkeypatch.setattr(benchmarking, "run_phase", lambda grid, *args: started.extend(grid))
+    monkeypatch.setattr(benchmarking, "run_phase", lambda grid, *args, **kwargs: started.extend(grid))
     # Cells without a tuned setting run before the tuning ends; a tuned one among them still needs it.
     bench.main(["runs", "--only", "opo-K1", "opo-mu0.25-K4"])
     assert [(r.name, r.seed) for r in started] == [(c, s) for c in ("opo-K1", "opo-mu0.25-K4") for s in range(9)]
@@ -190,9 +190,11 @@ def test_runs_follow_the_plan_and_the_tuning(bench, monkeypatch):
     assert started[-1].overrides["mu_target_chi2"] == bench.MU_TARGET_CHI2_CANDIDATES[0]
     # Seed by seed, side by side, so that the pairs compared finish the same seeds together.
     side = []
-    monkeypatch.setattr(benchmarking, "run_side_by_side", lambda grid, *args: side.extend(grid))
-    bench.main(["runs", "--only", "grpo-K1", "opo-K1", "--by_seed"])
-    assert [(r.name, r.seed) for r in side] == [(c, s) for s in range(9) for c in ("grpo-K1", "opo-K1")]
+    monkeypatch.setattr(benchmarking, "run_side_by_side", lambda grid, *args: side.append((grid, args)))
+    bench.main(["runs", "--only", "grpo-K1", "opo-K1", "--by_seed", "--jobs", "1", "--threads", "1"])
+    ((grid, (jobs, _, _, _, threads)),) = side
+    assert [(r.name, r.seed) for r in grid] == [(c, s) for s in range(9) for c in ("grpo-K1", "opo-K1")]
+    assert (jobs, threads) == (1, 1)  # one run at a time, of one thread, beside another launch
 
 
 def test_report_prints_every_comparison_with_its_verdict_and_detectable_difference(bench):

@@ -8,6 +8,7 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -232,6 +233,54 @@ def test_a_drain_lets_the_run_in_flight_finish_and_starts_no_other(tmp_path, mon
     assert [line.split("draining: ")[1] for line in out.splitlines() if "draining: " in line] == [
         f"main/chain_sum/opo-lr1e-05-seed{seed} not started" for seed in (1, 2, 3)
     ]
+
+
+def test_a_launch_takes_the_cores_that_another_launch_leaves(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    runs = [benchmarking.Run(tmp_path, "grid", "chain_sum", "opo", "opo", seed, 1e-5) for seed in range(2)]
+    threads = []
+
+    def fake_subprocess_run(args, **kwargs):
+        threads.append(kwargs["env"]["OMP_NUM_THREADS"])
+        return subprocess.CompletedProcess(args, 1)
+
+    monkeypatch.setattr(benchmarking.subprocess, "run", fake_subprocess_run)
+    monkeypatch.setattr(benchmarking.os, "cpu_count", lambda: 2)
+    # Alone, a launch shares the cores among its jobs.
+    benchmarking.run_side_by_side(runs, jobs=1, work_root=work, commit=False)
+    benchmarking.run_phase(runs, jobs=2, work_root=work, commit=False)
+    assert threads == ["2", "2", "1", "1"]
+    # Another launch holds 1 of the 2 cores: this one takes the other. An ended launch's file is removed.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    try:
+        (work / f"launch-{other.pid}").write_text("1\n")
+        (work / f"launch-{ended.pid}").write_text("2\n")
+        threads.clear()
+        benchmarking.run_side_by_side(runs, jobs=1, work_root=work, commit=False)
+        assert threads == ["1", "1"] and not (work / f"launch-{ended.pid}").exists()
+        assert "warning" not in capsys.readouterr().out
+        # It holds 2 of them: this one gets 1 thread a run anyway, and is told that the runs will contend.
+        (work / f"launch-{other.pid}").write_text("2\n")
+        threads.clear()
+        benchmarking.run_phase(runs, jobs=2, work_root=work, commit=False)
+        out = capsys.readouterr().out
+        assert threads == ["1", "1"]
+        assert f"pid {other.pid} (2 threads)" in out and "warning: 4 threads on 2 cores" in out
+        # `--threads` overrides the share, and this launch's own file says what it holds.
+        threads.clear()
+        benchmarking.run_side_by_side(runs[:1], jobs=2, work_root=work, commit=False, threads=3)
+        assert threads == ["3"] and (work / f"launch-{os.getpid()}").read_text() == "3\n"
+    finally:
+        other.kill()
+        other.wait()
+    assert benchmarking.live_launches(work) == {}
+    reuse_powered = load_script("reuse_powered")
+    with pytest.raises(SystemExit):
+        reuse_powered.main(["runs", "--threads", "0"])
+    assert "--threads: 0: must be at least 1" in capsys.readouterr().err
 
 
 def test_a_deadline_starts_only_the_runs_that_end_before_it(tmp_path, monkeypatch, capsys):
@@ -535,7 +584,7 @@ def test_rollout_reuse_only_runs_the_named_cells(monkeypatch):
     with pytest.raises(SystemExit, match="--only: no cell opo-K3 in the grid"):
         bench.main(["runs", "--only", "opo-K3"])
     started = []
-    monkeypatch.setattr(benchmarking, "run_phase", lambda grid, *args: started.extend(grid))
+    monkeypatch.setattr(benchmarking, "run_phase", lambda grid, *args, **kwargs: started.extend(grid))
     bench.main(["runs", "--only", "opo-K1", "gspo-K8"])
     # In the order named, though the grid runs gspo-K8 first.
     assert [(r.name, r.seed) for r in started] == [("opo-K1", s) for s in bench.SEEDS] + [
