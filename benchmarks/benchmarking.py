@@ -138,7 +138,7 @@ def start_launching(work_root: Path, pending: int, jobs: int = 1, threads: int |
         return threads
     held = min(jobs, pending) * threads
     if others:
-        running = ", ".join(f"pid {pid} ({n} threads)" for pid, n in sorted(others.items()))
+        running = ", ".join(f"pid {pid} ({n} thread{'s' * (n != 1)})" for pid, n in sorted(others.items()))
         log(
             f"other launches from {work_root}: {running}; this one: {min(jobs, pending)} at a time of {threads} threads"
         )
