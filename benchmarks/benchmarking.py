@@ -133,7 +133,7 @@ def start_launching(work_root: Path, pending: int, jobs: int = 1, threads: int |
         log(f"removed {drain}, left from an earlier launch")
     others = live_launches(work_root)
     cores, taken = os.cpu_count() or 2, sum(others.values())
-    threads = threads if threads is not None else max(1, (cores - taken) // jobs)
+    threads = threads if threads is not None else threads_per_run(jobs, taken)
     if not pending:
         return threads
     held = min(jobs, pending) * threads
@@ -166,7 +166,10 @@ def live_launches(work_root: Path) -> dict[int, int]:
             continue
         except PermissionError:
             pass  # alive, another user's
-        found[pid] = int(marker.read_text() or 0)
+        try:
+            found[pid] = int(marker.read_text() or 0)
+        except FileNotFoundError:
+            continue  # it ended since the glob
     return found
 
 
@@ -184,8 +187,9 @@ class Deadline:
         return None if need <= left else f"needs about {need:.0f} min, {max(left, 0):.0f} left"
 
 
-def threads_per_run(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 2) // jobs)
+def threads_per_run(jobs: int, taken: int = 0) -> int:
+    """The threads of each of `jobs` runs: the cores less `taken` (held by other launches), shared, at least 1."""
+    return max(1, ((os.cpu_count() or 2) - taken) // jobs)
 
 
 def execute(run: Run, work_root: Path, threads: int, commit: bool, log: Callable[[str], None] = log,
