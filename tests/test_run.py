@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from opo_trl.harness.rewards import answer_checker
 from opo_trl.harness.run import main
@@ -33,6 +34,7 @@ def test_two_step_training_run_through_the_command(tmp_path, tiny_model_path, ca
     assert recorded.wall_seconds > 0 and recorded.threads >= 1 and recorded.learning_rate == summary["learning_rate"]
     assert recorded.extra == {}
     assert (recorded.generator, recorded.precision) == ("transformers", "fp32")
+    assert recorded.cpu.endswith(f"({torch.backends.cpu.get_cpu_capability()})") and len(recorded.cpu) > 8
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 2
     assert any("opo/drive/abs_mean" in m for m in metrics)

@@ -7,6 +7,7 @@ The training job behind `opo-trl train`: data, rewards, model, trainer, held-out
 
 import json
 import os
+import platform
 import resource
 import sys
 import time
@@ -110,6 +111,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         # that scores with it records it (reasoning_gym's reward, say, does its own scoring).
         answer_checker=answer_checker() if accuracy_reward in reward_funcs else None,
         threads=torch.get_num_threads(),
+        cpu=cpu_description(),
         generator="vllm" if trainer.use_vllm else "transformers",
         precision={"bfloat16": "bf16", "float16": "fp16"}.get(engine_dtype(training_args), "fp32"),
     )
@@ -151,6 +153,17 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     trainer.accelerator.wait_for_everyone()
     trainer.end()
     return summary.to_dict()
+
+
+def cpu_description() -> str:
+    """The processor's model name and the instruction set torch dispatches its CPU kernels to, e.g. `AMD EPYC (AVX2)`."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def _quantization_config(model_args, training_args):

@@ -70,6 +70,8 @@ class RunSummary:
         seconds_per_step (`float`, *optional*): Mean logged optimizer-step time.
         wall_seconds (`float`, *optional*): Wall time of the whole job (data, model, evaluations, training).
         threads (`int`, *optional*): torch's intra-op threads.
+        cpu (`str`, *optional*): The processor and the instruction set torch's kernels used, e.g. `AMD EPYC (AVX2)`:
+            wall times and numerics differ across machines, so runs compare as costs only on the same one.
         generator (`str`, *optional*): What generated the rollouts: `vllm` or `transformers` (`model.generate`).
         precision (`str`, *optional*): What the trainer computed in (autocast, else the loaded weights' dtype): `bf16`,
             `fp16` or `fp32`.
@@ -91,6 +93,7 @@ class RunSummary:
     seconds_per_step: float | None = None
     wall_seconds: float | None = None
     threads: int | None = None
+    cpu: str | None = None
     generator: str | None = None
     precision: str | None = None
     peak_rss_mb: float | None = None
