@@ -332,11 +332,12 @@ def run_minutes(runs: list[Run], costs: dict, evaluated: set[int]) -> list[float
     return minutes
 
 
-def deadline_in(minutes: float, costs: dict) -> benchmarking.Deadline:
+def deadline_in(minutes: float, costs: dict, slower: float = 1.0) -> benchmarking.Deadline:
     """`minutes` from now, each run priced at the pilot's `costs` (its initial evaluation counted unless its seed's was
-    done, as it stands when the run would start)."""
+    done, as it stands when the run would start), times `slower` on a machine that slow against the pilot's."""
     return benchmarking.Deadline(
-        time.time() + minutes * 60, lambda r: price(r, costs, evaluate_before=benchmarking.evaluated_before(r) is None)
+        time.time() + minutes * 60,
+        lambda r: slower * price(r, costs, evaluate_before=benchmarking.evaluated_before(r) is None),
     )
 
 
@@ -542,6 +543,9 @@ def main(argv=None):
     parser.add_argument("--within", type=float, metavar="MINUTES",
                         help="`runs`: start only the runs that the pilot's costs say end within MINUTES of the launch "
                         "(the others stay pending; a shorter run behind a long one may still start).")  # fmt: skip
+    parser.add_argument("--slower", type=float, default=1.0, metavar="F",
+                        help="`runs --within`: price each run at F times the pilot's costs, on a machine F times "
+                        "slower than the pilot's (a run's summary.json records its cpu).")  # fmt: skip
     parser.add_argument("--by_seed", action="store_true",
                         help="`runs`: seed by seed (each seed's cells in order, so that the cells compared finish the "
                         "same seeds together), no run waiting for its seed's first one: a run whose seed's initial "
@@ -586,7 +590,10 @@ def main(argv=None):
         if args.within is not None:
             if args.within <= 0:
                 raise SystemExit(f"--within {args.within:g}: minutes must be positive")
-            deadline = deadline_in(args.within, json.loads((DOCS / "pilot.json").read_text())["costs"])
+            if args.slower <= 0:
+                raise SystemExit(f"--slower {args.slower:g}: a factor must be positive")
+            costs = json.loads((DOCS / "pilot.json").read_text())["costs"]
+            deadline = deadline_in(args.within, costs, args.slower)
         runs = grid_runs(range(planned["seeds"]), chosen, cells)
         if args.by_seed:
             runs.sort(key=lambda r: r.seed)  # stable: each seed's cells keep their order

@@ -322,8 +322,14 @@ def test_reuse_powered_prices_a_run_for_its_deadline_with_its_initial_evaluation
     rollouts = reuse_powered.ROLLOUTS
     assert deadline.minutes(k4) == pytest.approx((30 + rollouts * (60 + 3 * 30) + evaluations) / 60)
     assert deadline.minutes(k1) == pytest.approx((30 + rollouts * 60 + evaluations) / 60)
+    # On a machine three times slower than the pilot's, every price triples.
+    slow = reuse_powered.deadline_in(90, costs, slower=3.0)
+    assert slow.minutes(k4) == pytest.approx(3 * deadline.minutes(k4))
+    assert "needs about" in slow.refuses(k4) and deadline.refuses(k1) is None
     with pytest.raises(SystemExit, match="--within 0: minutes must be positive"):
         reuse_powered.main(["runs", "--within", "0"])
+    with pytest.raises(SystemExit, match="--slower 0: a factor must be positive"):
+        reuse_powered.main(["runs", "--within", "30", "--slower", "0"])
 
 
 def test_a_run_is_launched_with_its_recipe_overrides_and_the_shared_evaluation(tmp_path):
