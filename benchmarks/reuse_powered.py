@@ -420,24 +420,34 @@ def k1_reference(name: str) -> str:
 
 def runs_table(records: dict[str, list], order: list[str]) -> str:
     """One row per finished grid run, cells in `order`: held-out pass@1 and greedy accuracy before -> after training
-    (from its summary), wall minutes; then the headline comparison's difference seed by seed."""
+    (from its summary), wall minutes, the machine it recorded; then the headline comparison's difference seed by seed,
+    and the seeds whose two runs recorded different machines or where only one recorded its machine (floating-point
+    results can differ between CPUs; runs from before machines were recorded ran their pairs side by side)."""
 
     def figure(before, after):
         return "n/a" if before is None or after is None else f"{before:.3f} -> {after:.3f}"
 
-    lines = ["| cell | seed | held-out pass@1 before -> after | greedy before -> after | wall minutes |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| cell | seed | held-out pass@1 before -> after | greedy before -> after | wall minutes | machine |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for cell in order:
         for r in sorted(records.get(cell, []), key=lambda r: r.seed):
             s = r.summary
             wall = "n/a" if s.wall_seconds is None else f"{s.wall_seconds / 60:.1f}"
             lines.append(f"| {cell} | {r.seed} | {figure(s.heldout_accuracy_before, s.heldout_accuracy_after)} | "
-                         f"{figure(s.heldout_greedy_before, s.heldout_greedy_after)} | {wall} |")  # fmt: skip
+                         f"{figure(s.heldout_greedy_before, s.heldout_greedy_after)} | {wall} | "
+                         f"{s.cpu or 'not recorded'} |")  # fmt: skip
     ours, theirs = ({r.seed: r for r in records.get(cell, [])} for cell in HEADLINE)
     common = sorted(set(ours) & set(theirs))
     if common:
         per_seed = ", ".join(f"{s}: {ours[s].outcomes().mean() - theirs[s].outcomes().mean():+.3f}" for s in common)
         lines.append(f"\n{HEADLINE[0]} - {HEADLINE[1]} held-out pass@1 after, seed by seed: {per_seed}.")
+        apart = [s for s in common if ours[s].summary.cpu != theirs[s].summary.cpu]
+        unknown = [s for s in apart if None in (ours[s].summary.cpu, theirs[s].summary.cpu)]
+        known = [s for s in apart if s not in unknown]
+        if known:
+            lines.append(f"Seeds whose two runs recorded different machines: {', '.join(map(str, known))}.")
+        if unknown:
+            lines.append(f"Seeds where one run's machine is not recorded: {', '.join(map(str, unknown))}.")
     return "\n".join(lines) + "\n"
 
 

@@ -20,11 +20,12 @@ def bench(tmp_path, monkeypatch):
 
 
 def write_run(run, after, k=4, rollouts=2, zero_reuse=0, step_seconds=(100.0, 40.0), eval_seconds=6.0,
-              overhead=60.0, problems=4):  # fmt: skip
+              overhead=60.0, problems=4, cpu=None):  # fmt: skip
     """
     A finished run's raw files: `rollouts` rollouts each serving `k` steps, every rollout with a signal, the first
     `zero_reuse` reuse steps of each with a zero gradient; held-out pass@1 `after` on every problem (0 before), each
-    evaluation `problems` x (2 samples + greedy) in `eval_seconds`; wall time the steps, evaluations and `overhead`.
+    evaluation `problems` x (2 samples + greedy) in `eval_seconds`; wall time the steps, evaluations and `overhead`;
+    the machine `cpu` (None: not recorded, as in runs before it was).
     """
     from opo_trl.harness.runfiles import HeldoutRecord, RunFiles, RunSummary
 
@@ -50,7 +51,7 @@ def write_run(run, after, k=4, rollouts=2, zero_reuse=0, step_seconds=(100.0, 40
     )
     wall = sum(e["step_time"] for e in steps) + 2 * eval_seconds + overhead
     files.write_summary(RunSummary(run.algorithm, run.seed, heldout_accuracy_before=0.0, heldout_accuracy_after=after,
-                                   wall_seconds=wall))  # fmt: skip
+                                   wall_seconds=wall, cpu=cpu))  # fmt: skip
 
 
 def test_the_grid_has_eight_seeds_a_cell_and_rollouts_of_8_prompts_x_6(bench):
@@ -199,10 +200,13 @@ def test_runs_follow_the_plan_and_the_tuning(bench, monkeypatch):
 
 def test_report_prints_every_comparison_with_its_verdict_and_detectable_difference(bench):
     # OPO mu = 1 at K = 4 solves 0.45, 0.5, 0.55 of every problem on seeds 0, 1, 2; every other cell 0.25.
+    # Seed 0's runs record no machine; at seed 1 GRPO's records another than OPO's; at seed 2 one records none.
+    machines = {("opo-mu1-K4", 1): "A (AVX512)", ("grpo-K4", 1): "B (AVX2)", ("grpo-K4", 2): "B (AVX2)"}
     for run in bench.grid_runs(range(3), cells=("opo-mu1-K4", "grpo-K4", "opo-K1", "grpo-K1")):
         k = bench.CELLS[run.name][2]
         after = 0.45 + 0.05 * run.seed if run.name == "opo-mu1-K4" else 0.25
-        write_run(run, after, k=k, zero_reuse=1 if run.name == "grpo-K4" else 0)
+        zero = 1 if run.name == "grpo-K4" else 0
+        write_run(run, after, k=k, zero_reuse=zero, cpu=machines.get((run.name, run.seed)))
     text = bench.report()
     # Seed means 0.45, 0.5, 0.55: SE sqrt(0.0025 / 3) = 0.0289 on 2 df; difference +0.25, t = 8.66, p = 0.013;
     # detectable (4.303 + 1.061) x 0.0289 = 0.155; Holm over the table's 2 comparisons: 0.026, still ahead.
@@ -223,8 +227,11 @@ def test_report_prints_every_comparison_with_its_verdict_and_detectable_differen
     assert "2 comparisons in this table; Holm" in text and "Detectable: the smallest true difference" in text
     assert "Tuning not finished" in text and "AdamW keeps moving" in text
     # Runs: 2 rollouts x (100 s + 3 x 40 s) + 2 evaluations x 6 s + 60 s = 512 s; no greedy figure in the summary.
-    assert "| opo-mu1-K4 | 2 | 0.000 -> 0.550 | n/a | 8.5 |" in text
+    assert "| opo-mu1-K4 | 2 | 0.000 -> 0.550 | n/a | 8.5 | not recorded |" in text
+    assert "| grpo-K4 | 1 | 0.000 -> 0.250 | n/a | 8.5 | B (AVX2) |" in text
     assert "opo-mu1-K4 - grpo-K4 held-out pass@1 after, seed by seed: 0: +0.200, 1: +0.250, 2: +0.300." in text
+    assert "Seeds whose two runs recorded different machines: 1.\n" in text
+    assert "Seeds where one run's machine is not recorded: 2.\n" in text
     assert (bench.DOCS / "report.md").read_text() == text and (bench.DOCS / "reuse.png").stat().st_size > 1000
 
 
