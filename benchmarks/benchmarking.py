@@ -12,7 +12,9 @@ What a benchmark of training runs needs, shared by `algorithms_across_tasks.py` 
   the same work folder holds), the first run of each seed first (the others of that seed reuse its evaluation of the
   initial model), and with `--commit` commits each run's raw files as it finishes; a file named `DRAIN` in the work
   folder lets the runs in flight finish (and commit) and starts no other, for a machine that must be free at a known
-  time (a run stopped midway is lost: runs do not resume midway);
+  time; a file named `PAUSE` there has the runs in flight save a checkpoint at the end of their current step and stop
+  (`pause_file`), and the next launch on the same machine resumes them (on another machine, or once the work folder
+  is gone, a paused run starts again; a run stopped any other way is lost);
 - loading: `load_records` reads the finished runs back as `opo_trl.harness.compare.RunRecord`s;
 - costing: `step_costs` reads a finished run's seconds per generating and per reusing step, per evaluated sequence
   and of overhead; `minutes_per_run` prices a planned run from them; `planned_detectable` is the smallest difference
@@ -28,6 +30,7 @@ The scripts import it as a sibling module (`python benchmarks/<script>.py` puts 
 
 import argparse
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -43,8 +46,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # the worktree's opo_trl, also without an install
 
 from opo_trl.harness import stats  # noqa: E402
+from opo_trl.harness.checkpoints import checkpoint_step, last_complete_checkpoint  # noqa: E402
 from opo_trl.harness.compare import RunRecord, load_run, outcome_matrix  # noqa: E402
-from opo_trl.harness.runfiles import RunFiles  # noqa: E402
+from opo_trl.harness.runfiles import RunFiles, RunPause  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -83,14 +87,16 @@ def recipe(task: str) -> Path:
     return REPO / "benchmarks" / "recipes" / f"benchmark_{task}.yaml"
 
 
-def command(run: Run, work_root: Path, before_from: Path | None) -> list[str]:
+def command(run: Run, work_root: Path, before_from: Path | None, resume: bool = False) -> list[str]:
     args = [sys.executable, "-m", "opo_trl.harness.run", "--config", str(recipe(run.task)), "--algorithm", run.algorithm,
             "--seed", str(run.seed), "--learning_rate", str(run.learning_rate),
-            "--output_dir", str(run.work_dir(work_root))]  # fmt: skip
+            "--output_dir", str(run.work_dir(work_root)), "--pause_file", str(pause_file(work_root))]  # fmt: skip
     for key, value in run.overrides.items():
         args += [f"--{key}", str(value)]
     if before_from is not None:
         args += ["--heldout_before_from", str(before_from)]
+    if resume:
+        args += ["--resume_from_checkpoint", "last"]
     return args
 
 
@@ -110,10 +116,37 @@ def log(message: str) -> None:
 
 
 DRAIN = "DRAIN"
+PAUSE = "PAUSE"
 
 
 def drain_file(work_root: Path) -> Path:
     return Path(work_root) / DRAIN
+
+
+def pause_file(work_root: Path) -> Path:
+    return Path(work_root) / PAUSE
+
+
+def paused_here(work: Path, log: Callable[[str], None] = log) -> tuple[RunPause, int] | None:
+    """
+    The pause of the run in `work` and its steps in all, when this launch can resume it: it paused (and has not
+    finished since), its checkpoint at that step is complete, and it paused on this machine (a run resumed on another
+    CPU would mix two machines' floating-point results). Otherwise `None`, saying why when a pause is there.
+    """
+    from opo_trl.harness.run import cpu_description  # torch and TRL: imported only when a run paused
+
+    pause = RunFiles(work).read_pause()
+    if pause is None:
+        return None
+    checkpoint = last_complete_checkpoint(work)
+    if checkpoint is None or checkpoint_step(checkpoint) != pause.step:
+        log(f"{work.name} paused at step {pause.step} but has no complete checkpoint of it: it starts again")
+        return None
+    if pause.cpu != cpu_description():
+        log(f"{work.name} paused on {pause.cpu}, and this machine is {cpu_description()}: it starts again")
+        return None
+    with open(Path(checkpoint) / "trainer_state.json") as f:
+        return pause, json.load(f)["max_steps"]
 
 
 LAUNCH = "launch-"  # + pid: a launch in progress, holding the threads its file says
@@ -127,10 +160,11 @@ def start_launching(work_root: Path, pending: int, jobs: int = 1, threads: int |
     which slows both far more than sharing the cores does; the later one is warned when that happens anyway.
     """
     work_root = Path(work_root)
+    for stop in (drain_file(work_root), pause_file(work_root)):
+        if stop.exists():
+            stop.unlink()
+            log(f"removed {stop}, left from an earlier launch")
     drain = drain_file(work_root)
-    if drain.exists():
-        drain.unlink()
-        log(f"removed {drain}, left from an earlier launch")
     others = live_launches(work_root)
     cores, taken = os.cpu_count() or 2, sum(others.values())
     threads = threads if threads is not None else threads_per_run(jobs, taken)
@@ -149,6 +183,7 @@ def start_launching(work_root: Path, pending: int, jobs: int = 1, threads: int |
     marker.write_text(f"{held}\n")
     atexit.register(marker.unlink, missing_ok=True)
     log(f"to finish the runs in flight and start no other: touch {drain}")
+    log(f"to pause them (a checkpoint each; the next launch here resumes them): touch {pause_file(work_root)}")
     return threads
 
 
@@ -182,8 +217,9 @@ class Deadline:
     at: float
     minutes: Callable[[Run], float]
 
-    def refuses(self, run: Run) -> str | None:
-        need, left = self.minutes(run), (self.at - time.time()) / 60
+    def refuses(self, run: Run, share: float = 1.0) -> str | None:
+        """Why `run` may not start (`None`: it may), when `share` of it is left to run (a paused run resumes)."""
+        need, left = share * self.minutes(run), (self.at - time.time()) / 60
         return None if need <= left else f"needs about {need:.0f} min, {max(left, 0):.0f} left"
 
 
@@ -194,35 +230,46 @@ def threads_per_run(jobs: int, taken: int = 0) -> int:
 
 def execute(run: Run, work_root: Path, threads: int, commit: bool, log: Callable[[str], None] = log,
             deadline: Deadline | None = None) -> None:  # fmt: skip
-    """Run one planned run in its own process; when it finishes, copy its raw files to `run.docs_dir` (and commit).
-    Under a drain (`DRAIN` in `work_root`), or when it would not end before `deadline`, it starts nothing and says so."""
-    if drain_file(work_root).exists():
-        log(f"draining: {run.phase}/{run.task}/{run.key} not started")
-        return
-    if deadline is not None and (why := deadline.refuses(run)):
-        log(f"not started before the deadline: {run.phase}/{run.task}/{run.key} ({why})")
-        return
+    """Run one planned run in its own process, or resume it where it paused on this machine; when it finishes, copy
+    its raw files to `run.docs_dir` (and commit). Under a drain or a pause (`DRAIN`, `PAUSE` in `work_root`), or when
+    it would not end before `deadline`, it starts nothing and says so."""
+    name = f"{run.phase}/{run.task}/{run.key}"
+    for stop, doing in ((drain_file(work_root), "draining"), (pause_file(work_root), "pausing")):
+        if stop.exists():
+            log(f"{doing}: {name} not started")
+            return
     work = run.work_dir(work_root)
-    if work.exists():
-        shutil.rmtree(work)  # an interrupted attempt: start it again
-    work.mkdir(parents=True)
+    paused = paused_here(work, log) if work.exists() else None
+    share = 1.0 - paused[0].step / paused[1] if paused else 1.0
+    if deadline is not None and (why := deadline.refuses(run, share)):
+        log(f"not started before the deadline: {name} ({why})")
+        return
+    if paused:
+        log(f"resuming {name} at step {paused[0].step} of {paused[1]}")
+    else:
+        if work.exists():
+            shutil.rmtree(work)  # an interrupted attempt: start it again
+        work.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     start = time.perf_counter()
-    with (work / "run.log").open("w") as out:
-        process = subprocess.run(command(run, work_root, evaluated_before(run)), cwd=REPO, env=env, stdout=out,
-                                 stderr=out)  # fmt: skip
+    with (work / "run.log").open("a" if paused else "w") as out:
+        process = subprocess.run(command(run, work_root, evaluated_before(run), resume=bool(paused)), cwd=REPO,
+                                 env=env, stdout=out, stderr=out)  # fmt: skip
     wall = time.perf_counter() - start
     if process.returncode != 0:
-        log(
-            f"FAILED {run.phase}/{run.task}/{run.key} after {wall:.0f} s (exit {process.returncode}): see {work}/run.log"
-        )
+        log(f"FAILED {name} after {wall:.0f} s (exit {process.returncode}): see {work}/run.log")
+        return
+    if (pause := RunFiles(work).read_pause()) is not None:
+        log(f"paused {name} at step {pause.step} after {wall / 60:.1f} min; the next launch here resumes it")
         return
     # The run's own files, as the job wrote them (its summary records its wall time and threads); the run's name,
     # phase, task and overrides are its folder and the benchmark's tables.
     summary = RunFiles(work).copy_raw_files(run.docs_dir).read_summary()
     for path in work.glob("*.safetensors"):
-        path.unlink()  # checkpoints are not raw results
-    log(f"done {run.phase}/{run.task}/{run.key} in {wall / 60:.1f} min: held-out {summary.heldout_accuracy_before:.3f}"
+        path.unlink()  # the model and checkpoints are not raw results
+    for path in work.glob("checkpoint-*"):
+        shutil.rmtree(path)
+    log(f"done {name} in {wall / 60:.1f} min: held-out {summary.heldout_accuracy_before:.3f}"
         f" -> {summary.heldout_accuracy_after:.3f}")  # fmt: skip
     if commit:
         commit_raw_files(run)

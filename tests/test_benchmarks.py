@@ -310,6 +310,62 @@ def test_a_deadline_starts_only_the_runs_that_end_before_it(tmp_path, monkeypatc
     assert launched == ["short-lr1e-05-seed0"]
 
 
+def test_a_paused_run_resumes_where_it_paused_on_its_own_machine_only(tmp_path, monkeypatch, capsys):
+    from opo_trl.harness.run import cpu_description
+    from opo_trl.harness.runfiles import RunFiles, RunPause, RunSummary
+
+    work = tmp_path / "work"
+    runs = [benchmarking.Run(tmp_path, "grid", "chain_sum", "opo", "opo", seed, 1e-5) for seed in range(2)]
+    launched, calls = [], []
+
+    def pause_at(folder, step, cpu):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+        (folder / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step,
+                                                                                     "max_steps": 12}))  # fmt: skip
+        RunFiles(folder).write_pause(RunPause(step, 600.0, 100.0, cpu))
+
+    def fake_subprocess_run(args, **kwargs):
+        folder = Path(args[args.index("--output_dir") + 1])
+        launched.append((folder.name, "--resume_from_checkpoint" in args, args[args.index("--pause_file") + 1]))
+        calls.append(folder.name)
+        if len(calls) == 1:  # the first run pauses at step 3 of 12, asked to while it runs
+            pause_at(folder, 3, cpu_description())
+            (work / benchmarking.PAUSE).touch()
+        else:  # the others finish
+            RunFiles(folder).write_summary(
+                RunSummary("opo", 0, heldout_accuracy_before=0.1, heldout_accuracy_after=0.2)
+            )
+        return subprocess.CompletedProcess(args, 0)
+
+    monkeypatch.setattr(benchmarking.subprocess, "run", fake_subprocess_run)
+    benchmarking.run_side_by_side(runs, jobs=1, work_root=work, commit=False)
+    out = capsys.readouterr().out
+    assert launched == [("opo-lr1e-05-seed0", False, str(work / benchmarking.PAUSE))]
+    assert "paused grid/chain_sum/opo-lr1e-05-seed0 at step 3" in out
+    assert "pausing: grid/chain_sum/opo-lr1e-05-seed1 not started" in out and not runs[0].done
+
+    # The next launch clears the PAUSE and resumes the run, priced at the 9 of its 12 steps left: 30 of 40 minutes fit
+    # in 35, and a fresh run's 40 do not.
+    launched.clear()
+    (runs[0].work_dir(work) / "run.log").write_text("first part\n")
+    deadline = benchmarking.Deadline(time.time() + 35 * 60, lambda r: 40.0)
+    benchmarking.run_side_by_side(runs, jobs=1, work_root=work, commit=False, deadline=deadline)
+    out = capsys.readouterr().out
+    assert launched == [("opo-lr1e-05-seed0", True, str(work / benchmarking.PAUSE))]
+    assert "resuming grid/chain_sum/opo-lr1e-05-seed0 at step 3 of 12" in out and "(needs about 40 min" in out
+    assert runs[0].done and (runs[0].work_dir(work) / "run.log").read_text().startswith("first part")
+    assert not list(runs[0].work_dir(work).glob("checkpoint-*"))  # a finished run keeps no checkpoint
+
+    # A run paused on another machine starts again from scratch.
+    launched.clear()
+    pause_at(runs[1].work_dir(work), 5, "Another CPU (AVX512)")
+    benchmarking.run_side_by_side(runs, jobs=1, work_root=work, commit=False)
+    out = capsys.readouterr().out
+    assert launched == [("opo-lr1e-05-seed1", False, str(work / benchmarking.PAUSE))]
+    assert f"paused on Another CPU (AVX512), and this machine is {cpu_description()}: it starts again" in out
+    assert not (runs[1].work_dir(work) / "checkpoint-5").exists() and runs[1].done
+
+
 def test_reuse_powered_prices_a_run_for_its_deadline_with_its_initial_evaluation_when_its_seed_has_none():
     import reuse_powered
 

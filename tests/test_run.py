@@ -178,6 +178,7 @@ FIELD_EFFECTS = {
     "heldout_split": "heldout", "heldout_max_samples": "heldout", "heldout_num_samples": "heldout",
     "heldout_greedy": "heldout", "heldout_eval_steps": "heldout", "heldout_interim_max_samples": "heldout",
     "heldout_before_from": "heldout", "heldout_batch_size": "heldout",
+    "pause_file": "run",  # test_a_paused_run_resumes_to_the_uninterrupted_runs_files
 }  # fmt: skip
 
 
@@ -317,3 +318,46 @@ def test_only_a_run_that_generated_with_vllm_skips_the_teardown(monkeypatch):
     assert exits == []
     exit_launched_process(ran_vllm=True)
     assert exits == [0]
+
+
+@pytest.mark.slow
+def test_a_paused_run_resumes_to_the_uninterrupted_runs_files(tmp_path, tiny_model_path):
+    from opo_trl.harness.runfiles import PAUSED_FILE
+
+    # Each rollout serves 2 optimizer steps, so a pause after an odd step is mid-rollout; an interim evaluation follows
+    # every step, so the resumed part has evaluations of its own to repeat.
+    recipe = tiny_recipe(tmp_path, tiny_model_path, heldout_eval=True, heldout_eval_steps=1, heldout_num_samples=2,
+                         num_iterations=2, max_steps=4)  # fmt: skip
+    path = write_recipe(tmp_path, recipe)
+    whole, parts, pause = tmp_path / "whole", tmp_path / "parts", tmp_path / "PAUSE"
+    main(["--config", path, "--output_dir", str(whole)])
+
+    pause.touch()  # there from the start: each part pauses after its first step
+    first = main(["--config", path, "--output_dir", str(parts), "--pause_file", str(pause)])
+    assert first["paused_at"] == 1 and not (parts / "summary.json").exists() and (parts / "checkpoint-1").is_dir()
+    second = main(["--config", path, "--output_dir", str(parts), "--pause_file", str(pause),
+                   "--resume_from_checkpoint", "last"])  # fmt: skip
+    assert second["paused_at"] == 2
+    paused = json.loads((parts / PAUSED_FILE).read_text())
+    assert paused["step"] == 2 and paused["resumed_at"] == [1] and paused["wall_seconds"] > 0
+    pause.unlink()
+    main(
+        ["--config", path, "--output_dir", str(parts), "--pause_file", str(pause), "--resume_from_checkpoint", "last"]
+    )
+
+    a, b = RunFiles(whole), RunFiles(parts)
+    summary = b.read_summary()
+    assert summary.resumed_at == [1, 2] and summary.wall_seconds > paused["wall_seconds"]
+    assert a.read_summary().resumed_at is None and not (parts / PAUSED_FILE).exists()
+    # The same held-out evaluations, each once: the initial model's, one after every step, and the final one.
+    assert [r.step for r in b.read_heldout()] == [r.step for r in a.read_heldout()] == [0, 1, 2, 3, 4]
+    assert [r.sampled for r in b.read_heldout()] == [r.sampled for r in a.read_heldout()]
+
+    def untimed(entries):
+        return [{k: v for k, v in e.items() if "time" not in k and "per_second" not in k} for e in entries]
+
+    assert untimed(b.read_metrics()) == untimed(a.read_metrics())
+    from safetensors.torch import load_file
+
+    trained, resumed = load_file(whole / "model.safetensors"), load_file(parts / "model.safetensors")
+    assert trained.keys() == resumed.keys() and all(torch.equal(trained[k], resumed[k]) for k in trained)

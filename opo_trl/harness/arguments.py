@@ -144,6 +144,14 @@ class OPOScriptArguments(ScriptArguments):
         default=None,
         metadata={"help": "Cap on held-out prompts for the evaluations during training (one sample each, no greedy)."},
     )
+    pause_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "A file whose appearance makes the run save a checkpoint at the end of its current optimizer step "
+            "and stop, without its final evaluation; `resume_from_checkpoint: last` then finishes it, and its summary "
+            "counts the wall time of both parts."
+        },
+    )
     heldout_before_from: str | None = field(
         default=None,
         metadata={

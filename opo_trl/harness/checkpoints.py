@@ -1,6 +1,7 @@
 # Copyright 2026 The opo-trl authors. Licensed under the Apache License, Version 2.0.
 """
-Finding the checkpoint to resume from after a run was interrupted, and what to tell the user when it is.
+Finding the checkpoint to resume from after a run was interrupted, and what to tell the user when it is; pausing a run
+on request (a checkpoint, then a clean stop) so that a later process finishes it.
 
 `transformers.Trainer` writes a `checkpoint-N` folder in order: model, optimizer, scheduler, RNG state, and
 `trainer_state.json` last. A run killed while saving leaves a folder without (or with a truncated)
@@ -48,6 +49,34 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
         if _is_complete(path):
             return path
     return None
+
+
+def checkpoint_step(checkpoint: str) -> int:
+    """The optimizer step a complete checkpoint was saved at (its `trainer_state.json`'s `global_step`)."""
+    with open(os.path.join(checkpoint, TRAINER_STATE_NAME)) as f:
+        return int(json.load(f)["global_step"])
+
+
+def pause_on_file(path: str | os.PathLike):
+    """
+    A `TrainerCallback` that, once the file `path` exists, has the Trainer save a checkpoint at the end of the current
+    optimizer step and stop training; its `paused_at` is then that step (else `None`). A file that is already there
+    when training starts pauses the run after its first step. The last step never pauses: the run just ends.
+    """
+    from transformers import TrainerCallback
+
+    class PauseOnFile(TrainerCallback):
+        def __init__(self):
+            self.path, self.paused_at = os.fspath(path), None
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step < state.max_steps and os.path.exists(self.path):
+                # Trainer saves (even under save_strategy "no") before it acts on should_training_stop.
+                control.should_save = control.should_training_stop = True
+                self.paused_at = state.global_step
+            return control
+
+    return PauseOnFile()
 
 
 def _is_complete(checkpoint: str) -> bool:

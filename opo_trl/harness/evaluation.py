@@ -219,7 +219,19 @@ class HeldoutEvaluator(TrainerCallback):
         self.interim_size = min(script_args.heldout_interim_max_samples or len(dataset), len(dataset))
         self.fingerprint = fingerprint(dataset)
 
-    def before(self) -> HeldoutResult:
+    def before(self, resumed_at: int | None = None) -> HeldoutResult:
+        """
+        The initial model's evaluation: measured, or read from `heldout_before_from`. A run resuming from its own
+        checkpoint at step `resumed_at` reads it from its own `heldout.jsonl` when that has it, and keeps the
+        evaluations up to that step there.
+        """
+        own = self.files.read_heldout() if resumed_at is not None else []
+        if own and own[0].step == 0 and own[0].fingerprint == self.fingerprint:
+            result = HeldoutResult(own[0].sampled, own[0].greedy, seconds=0.0)
+            if self.trainer.accelerator.is_main_process:
+                self.files.keep_heldout_until(resumed_at)
+            self._before_entry = self._record(0, result, full=True, write=False)
+            return result
         source = self.script_args.heldout_before_from
         if source is not None:
             records = RunFiles(source).read_heldout()
@@ -288,7 +300,7 @@ class HeldoutEvaluator(TrainerCallback):
             trainer._last_loaded_step = trainer.state.global_step
         return trainer.vllm_generation.llm
 
-    def _record(self, step, result, full) -> dict:
+    def _record(self, step, result, full, write=True) -> dict:
         entry = {"step": step}
         if full:
             entry["heldout/accuracy"] = result.pass_at_1
@@ -296,7 +308,7 @@ class HeldoutEvaluator(TrainerCallback):
                 entry["heldout/greedy_accuracy"] = result.greedy_accuracy
         if self.interim_size < len(self.dataset) or not full:
             entry["heldout/interim_accuracy"] = HeldoutResult(result.sampled[: self.interim_size]).pass_at_1
-        if self.trainer.accelerator.is_main_process:
+        if write and self.trainer.accelerator.is_main_process:
             self.files.append_heldout(
                 HeldoutRecord(
                     step=step,

@@ -15,7 +15,7 @@ import time
 import torch
 
 from .algorithms import ALGORITHMS
-from .runfiles import RunFiles, RunSummary
+from .runfiles import RunFiles, RunPause, RunSummary
 
 
 def train(script_args, training_args, model_args, dataset_args) -> dict:
@@ -29,7 +29,7 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
     from ..trainer import OPOTrainer
     from ..validation import validate_dataset
     from ..vllm_cpu import check_cpu_vllm_args, cpu_colocate, engine_dtype, wants_cpu_vllm
-    from .checkpoints import resolve_resume_from_checkpoint
+    from .checkpoints import checkpoint_step, pause_on_file, resolve_resume_from_checkpoint
     from .data import load_datasets
     from .evaluation import HeldoutEvaluator
     from .models import resolve_model
@@ -116,17 +116,43 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         precision={"bfloat16": "bf16", "float16": "fp16"}.get(engine_dtype(training_args), "fp32"),
     )
     files = RunFiles(training_args.output_dir)
+    # A run that its pause_file paused goes on here: its summary counts its earlier parts.
+    resumed_at = (
+        checkpoint_step(training_args.resume_from_checkpoint) if training_args.resume_from_checkpoint else None
+    )
+    earlier = files.read_pause() if resumed_at is not None else None
+    if earlier is not None and earlier.step != resumed_at:
+        earlier = None  # resumed from another checkpoint than the one it paused at: its earlier parts are unknown
     evaluator = None
     if heldout is not None:
         evaluator = HeldoutEvaluator(trainer, heldout, script_args, files)
-        before = evaluator.before()
+        before = evaluator.before(resumed_at=resumed_at)
         summary.heldout_split, summary.heldout_problems = script_args.heldout_split, len(heldout)
         summary.heldout_accuracy_before, summary.heldout_greedy_before = before.pass_at_1, before.greedy_accuracy
         trainer.accelerator.print(f"[opo-trl] held-out accuracy before training: {before.pass_at_1:.3f}")
         if script_args.heldout_eval_steps:
             trainer.add_callback(evaluator)
 
+    pause = None
+    if script_args.pause_file:
+        pause = pause_on_file(script_args.pause_file)
+        trainer.add_callback(pause)
+
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    wall = time.perf_counter() - began + (earlier.wall_seconds if earlier else 0.0)
+    peak_rss_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, earlier.peak_rss_mb if earlier else 0)
+    resumes = (earlier.resumed_at if earlier else []) + ([resumed_at] if resumed_at is not None else [])
+    if pause is not None and pause.paused_at is not None:
+        if trainer.accelerator.is_main_process:
+            files.write_pause(RunPause(pause.paused_at, wall, peak_rss_mb, summary.cpu, resumes))
+        trainer.accelerator.print(
+            f"[opo-trl] paused at step {pause.paused_at} of {trainer.state.max_steps} ({script_args.pause_file} "
+            f"exists); resume with --resume_from_checkpoint last"
+        )
+        trainer.accelerator.wait_for_everyone()
+        trainer.end()
+        return {**summary.to_dict(), "paused_at": pause.paused_at}
 
     if evaluator is not None:
         after = evaluator.after()
@@ -138,16 +164,18 @@ def train(script_args, training_args, model_args, dataset_args) -> dict:
         )
     step_times = [e["step_time"] for e in trainer.state.log_history if "step_time" in e]
     summary.seconds_per_step = sum(step_times) / len(step_times) if step_times else None
-    summary.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary.peak_rss_mb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak_rss_mb)
+    summary.resumed_at = resumes or None
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
         trainer.accelerator.print(f"[opo-trl] model pushed to https://huggingface.co/{trainer.hub_model_id}")
-    summary.wall_seconds = time.perf_counter() - began
+    summary.wall_seconds = time.perf_counter() - began + (earlier.wall_seconds if earlier else 0.0)
     if trainer.accelerator.is_main_process:
         files.write_metrics(trainer.state.log_history)
         plot_reward_curve(trainer.state.log_history, script_args.algorithm, files.reward_plot_path)
         files.write_summary(summary)  # last: a summary marks a finished run
+        files.paused_path.unlink(missing_ok=True)
     # Leave together and tear the process group down cleanly: a rank that exits while another still holds the group
     # can make gloo abort the other one at exit.
     trainer.accelerator.wait_for_everyone()

@@ -7,6 +7,7 @@ read back. The one module that knows their names and their format.
     <output_dir>/metrics.jsonl      the trainer's log history, one entry per line
     <output_dir>/heldout.jsonl      HeldoutRecord per evaluation: per-problem outcomes, for intervals and paired tests
     <output_dir>/reward_curve.png   the training reward (with matplotlib)
+    <output_dir>/paused.json        RunPause, while a run paused by its `pause_file` waits to be resumed
 
 The first three are a run's raw results (`RAW_FILES`): small, and what the benchmarks commit.
 """
@@ -22,6 +23,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 HELDOUT_FILE = "heldout.jsonl"
 REWARD_PLOT_FILE = "reward_curve.png"
+PAUSED_FILE = "paused.json"
 RAW_FILES = (SUMMARY_FILE, METRICS_FILE, HELDOUT_FILE)
 
 
@@ -76,6 +78,9 @@ class RunSummary:
         precision (`str`, *optional*): What the trainer computed in (autocast, else the loaded weights' dtype): `bf16`,
             `fp16` or `fp32`.
         peak_rss_mb (`float`, *optional*): Peak resident memory of the process.
+        resumed_at (`list[int]`, *optional*): The optimizer steps at which the run went on from a checkpoint. Its wall
+            time and peak memory cover the parts before a pause (`pause_file`), only the last part after any other
+            interruption.
         extra (`dict`): Keys of the file this class does not know (files written by older versions keep them).
     """
 
@@ -97,6 +102,7 @@ class RunSummary:
     generator: str | None = None
     precision: str | None = None
     peak_rss_mb: float | None = None
+    resumed_at: list[int] | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -112,6 +118,26 @@ class RunSummary:
         )
 
 
+@dataclass
+class RunPause:
+    """
+    Where a run paused by its `pause_file` stands, so that the part that resumes it can finish its summary.
+
+    Args:
+        step (`int`): The optimizer step of the checkpoint it saved.
+        wall_seconds (`float`): Wall time of its parts so far.
+        peak_rss_mb (`float`): Peak resident memory of its parts so far.
+        cpu (`str`): The machine it ran on (`run.cpu_description`): a run resumes on the machine it paused on.
+        resumed_at (`list[int]`): The steps at which its earlier parts resumed.
+    """
+
+    step: int
+    wall_seconds: float
+    peak_rss_mb: float
+    cpu: str
+    resumed_at: list[int] = field(default_factory=list)
+
+
 class RunFiles:
     """The files of the run in `directory`: paths, and reading and writing each."""
 
@@ -121,6 +147,7 @@ class RunFiles:
         self.metrics_path = self.directory / METRICS_FILE
         self.heldout_path = self.directory / HELDOUT_FILE
         self.reward_plot_path = self.directory / REWARD_PLOT_FILE
+        self.paused_path = self.directory / PAUSED_FILE
 
     @property
     def finished(self) -> bool:
@@ -147,6 +174,21 @@ class RunFiles:
         """Start the run's held-out record afresh (a restarted run evaluates the initial model again)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.heldout_path.write_text("")
+
+    def keep_heldout_until(self, step: int) -> None:
+        """Drop the held-out evaluations after optimizer step `step` (those of a part of the run that a resume from the
+        checkpoint at `step` repeats)."""
+        kept = [r for r in self.read_heldout() if r.step <= step]
+        self.heldout_path.write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in kept))
+
+    def write_pause(self, pause: RunPause) -> None:
+        self.paused_path.write_text(json.dumps(dataclasses.asdict(pause), indent=2) + "\n")
+
+    def read_pause(self) -> RunPause | None:
+        """Where the run stands if it paused and has not finished since; `None` otherwise."""
+        if self.finished or not self.paused_path.exists():
+            return None
+        return RunPause(**json.loads(self.paused_path.read_text()))
 
     def append_heldout(self, record: HeldoutRecord) -> None:
         with self.heldout_path.open("a") as f:
